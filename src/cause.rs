@@ -281,12 +281,7 @@ impl Cause {
             ),
             // 499 is nginx's code for "client closed request": logged, never sent.
             Cause::ClientClosed => ("client_closed", Any, CLIENT_CLOSED_REQUEST, None),
-            Cause::ClientTimeout => (
-                "client_timeout",
-                Request,
-                StatusCode::REQUEST_TIMEOUT,
-                None,
-            ),
+            Cause::ClientTimeout => ("client_timeout", Request, StatusCode::REQUEST_TIMEOUT, None),
             // 431 for an oversized head is decided where the head is measured; 413 is the row.
             Cause::RequestTooLarge => (
                 "request_too_large",
@@ -378,7 +373,10 @@ mod tests {
     #[test]
     fn table_matches_design_for_statuses_that_differ_between_proxies() {
         // DESIGN.md section 4, "choices where peers differ".
-        assert_eq!(Cause::ConnectTimeout.info().status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            Cause::ConnectTimeout.info().status,
+            StatusCode::GATEWAY_TIMEOUT
+        );
         assert_eq!(Cause::ConnectRefused.info().status, StatusCode::BAD_GATEWAY);
         assert_eq!(Cause::UpstreamReset.info().status, StatusCode::BAD_GATEWAY);
         assert_eq!(

@@ -6,7 +6,10 @@
 //! nothing, so `run`, `check`, reload and `diagnose` share it.
 
 mod raw;
+#[cfg(test)]
+mod tests;
 mod units;
+mod upstream;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -19,7 +22,7 @@ use http::Method;
 
 use crate::cause::Cause;
 
-pub use units::{parse_duration, parse_size};
+pub use units::{parse_duration, parse_ip_net, parse_listen_addr, parse_server_addr, parse_size};
 
 /// A whole causeway configuration, validated.
 #[derive(Clone, Debug)]
@@ -183,7 +186,10 @@ pub enum ServerAddr {
     /// A literal IP address: no DNS involved.
     Ip(SocketAddr),
     /// A host name resolved at connect time.
-    Name { host: String, port: u16 },
+    Name {
+        host: String,
+        port: u16,
+    },
     Unix(PathBuf),
 }
 

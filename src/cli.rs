@@ -1,0 +1,203 @@
+//! The command line (DESIGN.md section 2): one function per subcommand.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{self, Config, LogFormat};
+use crate::log::AccessLog;
+use crate::server::{self, Drained};
+use crate::state::State;
+
+/// causeway: a reverse proxy whose every 502 and 504 is accurate, and whose log says why.
+#[derive(Debug, Parser)]
+#[command(name = "causeway", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Run {
+        /// Config file.
+        #[arg(short, long, default_value = "causeway.toml", env = "CAUSEWAY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file like `nginx -t`: exit 0, or 1 with FILE:LINE:COL: message.
+    #[command(alias = "t")]
+    Check {
+        /// Config file.
+        #[arg(short, long, default_value = "causeway.toml", env = "CAUSEWAY_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+/// Runs the parsed command line.
+pub fn main(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run_blocking(&config),
+    }
+}
+
+/// `causeway check`: every error with its location, or a summary.
+pub fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            let servers: usize = config.upstreams.iter().map(|u| u.servers.len()).sum();
+            println!(
+                "{}: ok: {} listener(s), {} route(s), {} upstream(s) with {} server(s)",
+                path.display(),
+                config.server.listen.len(),
+                config.routes.len(),
+                config.upstreams.len(),
+                servers
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for error in &errors.0 {
+                eprintln!("{error}");
+            }
+            eprintln!(
+                "{}: {} error(s); configuration is not valid",
+                path.display(),
+                errors.0.len()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs the error log (tracing) on stderr; `RUST_LOG` overrides the configured level.
+pub fn init_tracing(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn run_blocking(path: &Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(&config.log.level, config.log.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(path.to_path_buf(), config))
+}
+
+/// `causeway run`: serve until SIGTERM/SIGINT, reload on SIGHUP, reopen logs on SIGUSR1.
+pub async fn run(path: PathBuf, config: Config) -> ExitCode {
+    let access = match AccessLog::open(&config.log.access_log, config.log.access_format) {
+        Ok(access) => access,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the access log");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown_timeout = config.server.shutdown_timeout;
+    let state = match State::build(config) {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let running = match server::start(state, access.clone()).await {
+        Ok(running) => running,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot bind listeners");
+            return ExitCode::FAILURE;
+        }
+    };
+    for bound in &running.bound {
+        tracing::info!(listen = ?bound, "causeway listening");
+    }
+    let (mut term, mut int, mut hup, mut usr1) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+    ) {
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut shutdown_timeout = shutdown_timeout;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                match reload(&path) {
+                    Ok(state) => {
+                        shutdown_timeout = state.config.server.shutdown_timeout;
+                        running.swap(state);
+                        tracing::info!(config = %path.display(), "configuration reloaded");
+                    }
+                    Err(e) => tracing::error!(config = %path.display(), "reload rejected, old configuration keeps serving: {e}"),
+                }
+            }
+            _ = usr1.recv() => {
+                if let Err(e) = access.reopen() {
+                    tracing::error!(error = %e, "cannot reopen the access log");
+                }
+            }
+        }
+    }
+    tracing::info!(
+        "shutting down: no new connections; waiting up to {}s for in-flight requests",
+        shutdown_timeout.as_secs()
+    );
+    let drained = tokio::select! {
+        drained = running.shutdown(shutdown_timeout) => drained,
+        _ = term.recv() => Drained::TimedOut,
+        _ = int.recv() => Drained::TimedOut,
+    };
+    match drained {
+        Drained::Clean => {
+            tracing::info!("all in-flight requests finished; bye");
+            ExitCode::SUCCESS
+        }
+        Drained::TimedOut => {
+            tracing::warn!(
+                "stopped with requests still in flight (shutdown_timeout or a second signal)"
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Loads, validates and compiles the config again; any error leaves the old state in place.
+fn reload(path: &Path) -> Result<State, String> {
+    let config = config::load(path).map_err(|e| e.to_string())?;
+    State::build(config).map_err(|e| e.to_string())
+}

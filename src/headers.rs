@@ -1,0 +1,311 @@
+//! Header rewriting between client and upstream, both directions.
+//!
+//! Removes hop-by-hop fields (RFC 9110 §7.6.1: `Connection` and every field it names,
+//! `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`), adds
+//! `Via: 1.1 causeway` and the forwarding headers, and decides the request id. It never looks
+//! at bodies and never decides routing.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::{ForwardedMode, IpNet};
+
+/// The pseudonym in our `Via` entries; seeing it on an incoming request means a loop.
+pub const VIA_PSEUDONYM: &str = "causeway";
+
+const VIA_VALUE: &str = "1.1 causeway";
+
+/// Header name of the request id, sent upstream and back.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes the hop-by-hop fields of one hop. `keep_upgrade` keeps `Connection: upgrade` and
+/// `Upgrade` for a protocol switch; `keep_te_trailers` keeps `TE: trailers` for HTTP/2.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    let te_trailers = keep_te_trailers
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    for name in named {
+        if keep_upgrade && name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(&name);
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TE);
+    headers.remove(header::TRAILER);
+    headers.remove(header::TRANSFER_ENCODING);
+    if keep_upgrade && headers.contains_key(header::UPGRADE) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether an incoming `Via` already names us: the request has looped back.
+pub fn has_our_via(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|entry| {
+            // "1.1 causeway" or "HTTP/1.1 causeway (comment)": the second token is the name.
+            entry
+                .split_whitespace()
+                .nth(1)
+                .is_some_and(|name| name.eq_ignore_ascii_case(VIA_PSEUDONYM))
+        })
+}
+
+/// Appends our `Via` entry (RFC 9110 §7.6.3).
+pub fn add_via(headers: &mut HeaderMap) {
+    headers.append(header::VIA, HeaderValue::from_static(VIA_VALUE));
+}
+
+/// Whether an incoming request id is sane enough to keep: `[A-Za-z0-9._@-]{1,128}`.
+pub fn is_valid_request_id(value: &[u8]) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+}
+
+/// The id for this request: the client's if sane and trusted, else a new UUID v7 (sortable).
+pub fn request_id(headers: &HeaderMap, trust: bool) -> String {
+    if trust {
+        if let Some(value) = headers.get(&X_REQUEST_ID) {
+            if is_valid_request_id(value.as_bytes()) {
+                // Checked above: only ASCII bytes.
+                return String::from_utf8_lossy(value.as_bytes()).into_owned();
+            }
+        }
+    }
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Whether `peer` may set forwarding headers that we pass on.
+pub fn is_trusted(peer: Option<IpAddr>, trusted: &[IpNet]) -> bool {
+    let Some(peer) = peer else {
+        // A unix-socket client is local: only a proxy on this machine can reach it.
+        return !trusted.is_empty();
+    };
+    trusted.iter().any(|net| net.contains(peer))
+}
+
+/// What the forwarding headers say about the client hop.
+pub struct ClientHop<'a> {
+    /// The peer address; `None` for unix-socket clients.
+    pub peer: Option<IpAddr>,
+    /// `http` or `https` as the client spoke to us.
+    pub proto: &'static str,
+    /// The Host the client asked for.
+    pub host: Option<&'a str>,
+    pub trusted: bool,
+}
+
+/// Sets X-Forwarded-* and/or Forwarded. Incoming values survive only from trusted peers;
+/// otherwise they are replaced, so a client cannot forge its address.
+pub fn add_forwarded(headers: &mut HeaderMap, mode: ForwardedMode, hop: &ClientHop<'_>) {
+    if !hop.trusted {
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+        headers.remove(&FORWARDED);
+    }
+    let peer = hop
+        .peer
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "unknown".to_string());
+    if matches!(mode, ForwardedMode::Xff | ForwardedMode::Both) {
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(previous) if !previous.trim().is_empty() => format!("{previous}, {peer}"),
+            _ => peer.clone(),
+        };
+        set(headers, &X_FORWARDED_FOR, &xff);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
+        }
+        if let (Some(host), false) = (hop.host, headers.contains_key(&X_FORWARDED_HOST)) {
+            set(headers, &X_FORWARDED_HOST, host);
+        }
+    } else {
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(&X_FORWARDED_HOST);
+    }
+    if matches!(mode, ForwardedMode::Rfc7239 | ForwardedMode::Both) {
+        // RFC 7239 §6: IPv6 nodes are bracketed and the value quoted.
+        let node = match hop.peer {
+            Some(IpAddr::V6(v6)) => format!("\"[{v6}]\""),
+            Some(v4) => v4.to_string(),
+            None => "unknown".to_string(),
+        };
+        let mut element = format!("for={node};proto={}", hop.proto);
+        if let Some(host) = hop.host {
+            if host
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            {
+                element.push_str(&format!(";host=\"{host}\""));
+            }
+        }
+        let value = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
+            Some(previous) if !previous.trim().is_empty() => format!("{previous}, {element}"),
+            _ => element,
+        };
+        set(headers, &FORWARDED, &value);
+    } else {
+        headers.remove(&FORWARDED);
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("test name"),
+                HeaderValue::from_str(value).expect("test value"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn fields_named_in_connection_are_removed() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("trailer", "x-t"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut headers, false, false);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn upgrade_survives_for_websocket() {
+        let mut headers = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut headers, true, false);
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(headers["connection"], "upgrade");
+    }
+
+    #[test]
+    fn te_trailers_kept_only_when_asked() {
+        let mut headers = map(&[("te", "trailers, deflate")]);
+        strip_hop_by_hop(&mut headers, false, true);
+        assert_eq!(headers["te"], "trailers");
+        let mut headers = map(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut headers, false, false);
+        assert!(!headers.contains_key("te"));
+    }
+
+    #[test]
+    fn our_via_is_a_loop_and_others_are_not() {
+        assert!(has_our_via(&map(&[("via", "1.0 fred, 1.1 causeway")])));
+        assert!(has_our_via(&map(&[("via", "HTTP/1.1 Causeway (x)")])));
+        assert!(!has_our_via(&map(&[(
+            "via",
+            "1.1 nginx, 1.1 causeway-other"
+        )])));
+    }
+
+    #[test]
+    fn request_ids_are_validated() {
+        assert!(is_valid_request_id(b"abc-123_x.y@z"));
+        assert!(!is_valid_request_id(b""));
+        assert!(!is_valid_request_id(b"has space"));
+        assert!(!is_valid_request_id(&[b'a'; 129]));
+        let kept = request_id(&map(&[("x-request-id", "abc")]), true);
+        assert_eq!(kept, "abc");
+        let replaced = request_id(&map(&[("x-request-id", "bad id")]), true);
+        assert_eq!(replaced.len(), 36);
+        let untrusted = request_id(&map(&[("x-request-id", "abc")]), false);
+        assert_ne!(untrusted, "abc");
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_forge_x_forwarded_for() {
+        let mut headers = map(&[("x-forwarded-for", "6.6.6.6")]);
+        let hop = ClientHop {
+            peer: Some("127.0.0.1".parse().expect("ip")),
+            proto: "http",
+            host: Some("example.com"),
+            trusted: false,
+        };
+        add_forwarded(&mut headers, ForwardedMode::Xff, &hop);
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn trusted_peers_are_appended_to() {
+        let mut headers = map(&[("x-forwarded-for", "203.0.113.9")]);
+        let hop = ClientHop {
+            peer: Some("127.0.0.1".parse().expect("ip")),
+            proto: "https",
+            host: None,
+            trusted: true,
+        };
+        add_forwarded(&mut headers, ForwardedMode::Both, &hop);
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(headers["forwarded"], "for=127.0.0.1;proto=https");
+    }
+
+    #[test]
+    fn rfc7239_brackets_ipv6() {
+        let mut headers = HeaderMap::new();
+        let hop = ClientHop {
+            peer: Some("::1".parse().expect("ip")),
+            proto: "http",
+            host: Some("a.example"),
+            trusted: false,
+        };
+        add_forwarded(&mut headers, ForwardedMode::Rfc7239, &hop);
+        assert_eq!(
+            headers["forwarded"],
+            "for=\"[::1]\";proto=http;host=\"a.example\""
+        );
+        assert!(!headers.contains_key("x-forwarded-for"));
+    }
+}

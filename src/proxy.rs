@@ -1,0 +1,731 @@
+//! The hyper service that proxies one request: id, loop check, route, rewrite, send, respond.
+//!
+//! Its error type is `Infallible`: every failure becomes a response (an `Err` would abort the
+//! client connection). The access-log record is created here and travels with the response
+//! body, so it is written exactly once, when the body ends, fails, or the client goes away.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::cause::{Cause, CLIENT_CLOSED_REQUEST};
+use crate::classify;
+use crate::headers::{self, X_REQUEST_ID};
+use crate::log::{AccessLog, AccessRecord};
+use crate::respond::{self, ErrorContext};
+use crate::state::State;
+use crate::upstream::body::{BodyAborted, BodyEnd, UpstreamBody};
+use crate::upstream::exchange::RequestBody;
+use crate::upstream::{BoxError, Outcome, Upstream, UpstreamError};
+
+/// The request id, carried in request extensions so every layer can log it.
+#[derive(Clone, Debug, Default)]
+pub struct RequestId(pub Arc<str>);
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Facts about the client connection a request arrived on.
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    /// `None` for unix-socket clients.
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    pub tls: bool,
+}
+
+/// The service for one client connection.
+#[derive(Clone)]
+pub struct Proxy {
+    state: Arc<ArcSwap<State>>,
+    access: AccessLog,
+    client: ClientInfo,
+}
+
+impl Proxy {
+    /// A service for a connection from `client`.
+    pub fn new(state: Arc<ArcSwap<State>>, access: AccessLog, client: ClientInfo) -> Proxy {
+        Proxy {
+            state,
+            access,
+            client,
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Proxy {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let state = self.state.load_full();
+        let access = self.access.clone();
+        let client = self.client.clone();
+        Box::pin(async move { Ok(handle(state, access, client, request).await) })
+    }
+}
+
+/// Why reading the client's request body failed: always the client's doing.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("request body larger than max_request_body ({limit} bytes)")]
+    TooLarge { limit: u64 },
+    #[error("client sent no request body data for {idle:?} (request_body_timeout)")]
+    Timeout { idle: Duration },
+    #[error("client closed the connection while sending the request body")]
+    Aborted,
+}
+
+/// Proxies one request end to end.
+async fn handle(
+    state: Arc<State>,
+    access: AccessLog,
+    client: ClientInfo,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let server_config = &state.config.server;
+    let peer_ip = client.peer.map(|p| p.ip());
+    let trusted = headers::is_trusted(peer_ip, &server_config.trusted_proxies);
+    let request_id = headers::request_id(request.headers(), server_config.trust_request_id);
+    let host = effective_host(&request);
+    let record = AccessRecord {
+        time: SystemTime::now(),
+        request_id: request_id.clone(),
+        client: client
+            .peer
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "unix".to_string()),
+        method: request.method().to_string(),
+        host: host.clone().unwrap_or_default(),
+        path: request
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str().to_string())
+            .unwrap_or_else(|| "/".to_string()),
+        version: version_name(request.version()),
+        status: 0,
+        upstream_status: None,
+        cause: None,
+        upstream: None,
+        server: None,
+        attempts: Vec::new(),
+        connect: None,
+        header: None,
+        total: Duration::ZERO,
+        bytes_in: 0,
+        bytes_out: 0,
+        complete: false,
+        referer: header_string(&request, header::REFERER),
+        user_agent: header_string(&request, header::USER_AGENT),
+        fastcgi_stderr: None,
+    };
+    let mut guard = LogGuard {
+        record: Some(record),
+        access: access.clone(),
+        started,
+        bytes_in: None,
+    };
+    let accept = request.headers().get(header::ACCEPT).cloned();
+    // Loop: our own pseudonym already in Via.
+    if headers::has_our_via(request.headers()) {
+        let error = UpstreamError::new(
+            Cause::LoopDetected,
+            "request already passed through causeway (Via names us): a proxy loop",
+        );
+        return guard.finish_error(&state, error, None, 0, accept.as_ref(), &request_id);
+    }
+
+    let path = request.uri().path().to_string();
+    let Some(index) = state.routes.lookup(host.as_deref(), &path) else {
+        let error = UpstreamError::new(
+            Cause::NoRoute,
+            format!(
+                "no route matches host \"{}\" and path \"{path}\"",
+                host.as_deref().unwrap_or("")
+            ),
+        );
+        return guard.finish_error(&state, error, None, 0, accept.as_ref(), &request_id);
+    };
+    let upstream = state.upstreams[index].clone();
+    if let Some(r) = guard.record.as_mut() {
+        r.upstream = Some(upstream.name.to_string());
+    }
+
+    // Declared body too large: refuse before reading any of it.
+    let max_body = server_config.max_request_body;
+    if let Some(length) = content_length(&request) {
+        if length > max_body {
+            let error = classify::client_body_error(&ClientBodyError::TooLarge { limit: max_body });
+            return guard.finish_error(
+                &state,
+                error,
+                Some(&upstream),
+                0,
+                accept.as_ref(),
+                &request_id,
+            );
+        }
+    }
+
+    let is_upgrade = request.headers().contains_key(header::UPGRADE);
+    let client_version = request.version();
+    let (mut parts, incoming) = request.into_parts();
+    let client_upgrade = if is_upgrade {
+        Some(hyper::upgrade::on(Request::from_parts(parts.clone(), ())))
+    } else {
+        None
+    };
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    guard.bytes_in = Some(bytes_in.clone());
+    let client_body = ClientBody::new(
+        incoming,
+        max_body,
+        server_config.request_body_timeout,
+        bytes_in.clone(),
+    );
+    let body = match replayable_length(
+        &parts.headers,
+        client_body.hint_exact(),
+        upstream.config.retry.max_replay_body,
+    ) {
+        Some(_) => match client_body.collect().await {
+            Ok(collected) => RequestBody::full(collected.to_bytes()),
+            Err(e) => {
+                let error = match classify::find_source::<ClientBodyError>(e.as_ref()) {
+                    Some(client_error) => classify::client_body_error(client_error),
+                    None => classify::client_body_error(&ClientBodyError::Aborted),
+                };
+                if error.cause == Cause::ClientClosed {
+                    guard.client_left(&state, error.cause);
+                    return empty_response(StatusCode::BAD_REQUEST);
+                }
+                return guard.finish_error(
+                    &state,
+                    error,
+                    Some(&upstream),
+                    0,
+                    accept.as_ref(),
+                    &request_id,
+                );
+            }
+        },
+        None if is_bodyless(&parts.headers) => RequestBody::empty(),
+        None => RequestBody::streaming(BoxBody::new(client_body)),
+    };
+
+    // Rewrite the head for the upstream hop.
+    headers::strip_hop_by_hop(
+        &mut parts.headers,
+        is_upgrade,
+        upstream.config.protocol.is_http2(),
+    );
+    headers::add_via(&mut parts.headers);
+    headers::add_forwarded(
+        &mut parts.headers,
+        server_config.forwarded,
+        &headers::ClientHop {
+            peer: peer_ip,
+            proto: if client.tls { "https" } else { "http" },
+            host: host.as_deref(),
+            trusted,
+        },
+    );
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        parts.headers.insert(&X_REQUEST_ID, value);
+    }
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(host) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+    parts.uri = upstream_uri(&parts.uri, &upstream, host.as_deref());
+    parts.version = if upstream.config.protocol.is_http2() {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    parts.extensions = http::Extensions::new();
+    parts
+        .extensions
+        .insert(RequestId(Arc::from(request_id.as_str())));
+    parts.extensions.insert(client.clone());
+    let upstream_request = Request::from_parts(parts, body);
+
+    let outcome: Outcome = upstream.send(upstream_request).await;
+    if let Some(r) = guard.record.as_mut() {
+        r.attempts = outcome.attempts.clone();
+        r.server = outcome.server.as_ref().map(|s| s.to_string());
+        r.connect = outcome.timings.connect;
+        r.header = outcome.timings.header;
+    }
+    let attempts = outcome.attempts.len();
+    let mut response = match outcome.result {
+        Ok(response) => response,
+        Err(error) => {
+            if error.cause == Cause::ClientClosed {
+                guard.client_left(&state, error.cause);
+                return empty_response(StatusCode::BAD_REQUEST);
+            }
+            return guard.finish_error(
+                &state,
+                error,
+                Some(&upstream),
+                attempts,
+                accept.as_ref(),
+                &request_id,
+            );
+        }
+    };
+
+    let upstream_status = response.status();
+    if upstream_status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, request_id.clone()));
+        }
+    }
+    let (mut parts, body) = response.into_parts();
+    // hyper frames the response for the client's connection, not the upstream's.
+    parts.version = client_version;
+    headers::strip_hop_by_hop(
+        &mut parts.headers,
+        upstream_status == StatusCode::SWITCHING_PROTOCOLS,
+        false,
+    );
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        parts.headers.insert(&X_REQUEST_ID, value);
+    }
+    let end = body.end_handle();
+    let logged = guard
+        .take_for_body(upstream_status.as_u16())
+        .map(|record| LogOnEnd {
+            record,
+            access,
+            started,
+            end: Some(end),
+            bytes_in,
+        });
+    Response::from_parts(parts, ProxyBody::upstream(body, logged))
+}
+
+/// Copies bytes both ways between the upgraded client and upstream connections (WebSocket).
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    request_id: String,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::warn!(request_id = %request_id, error = %e, "protocol upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(request_id = %request_id, error = %e, "upgraded connection ended");
+    }
+}
+
+/// The authority the client asked for: the absolute-form URI's, else `Host`.
+fn effective_host<B>(request: &Request<B>) -> Option<String> {
+    if let Some(authority) = request.uri().authority() {
+        return Some(authority.as_str().to_ascii_lowercase());
+    }
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.to_ascii_lowercase())
+}
+
+/// The URI as the upstream should see it: origin-form for HTTP/1.1, absolute for HTTP/2.
+fn upstream_uri(uri: &Uri, upstream: &Upstream, host: Option<&str>) -> Uri {
+    let path = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    if !upstream.config.protocol.is_http2() {
+        return path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    let scheme = if upstream.config.protocol.uses_tls() {
+        "https"
+    } else {
+        "http"
+    };
+    let authority = host.unwrap_or("localhost");
+    format!("{scheme}://{authority}{path}")
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+fn content_length<B>(request: &Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A body small and known enough to buffer, so the request can be retried.
+fn replayable_length(headers: &http::HeaderMap, exact: Option<u64>, max: usize) -> Option<u64> {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or(exact)?;
+    (length > 0 && length <= max as u64).then_some(length)
+}
+
+fn is_bodyless(headers: &http::HeaderMap) -> bool {
+    !headers.contains_key(header::TRANSFER_ENCODING)
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
+}
+
+fn header_string<B>(request: &Request<B>, name: header::HeaderName) -> Option<String> {
+    request
+        .headers()
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+fn version_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn empty_response(status: StatusCode) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(Bytes::new(), None));
+    *response.status_mut() = status;
+    response
+}
+
+/// Writes the access log for a request that never got a relayed body: on an explicit finish,
+/// or on drop if the client went away while we waited.
+struct LogGuard {
+    record: Option<AccessRecord>,
+    access: AccessLog,
+    started: Instant,
+    bytes_in: Option<Arc<AtomicU64>>,
+}
+
+impl LogGuard {
+    fn finish_error(
+        &mut self,
+        state: &State,
+        error: UpstreamError,
+        upstream: Option<&Arc<Upstream>>,
+        attempts: usize,
+        accept: Option<&HeaderValue>,
+        request_id: &str,
+    ) -> Response<ProxyBody> {
+        let context = ErrorContext {
+            request_id,
+            upstream: upstream.map(|u| &*u.name),
+            attempts,
+            errors: &state.config.errors,
+            accept,
+        };
+        let response = respond::error_response(&error, &context);
+        let mut record = self.record.take();
+        if let Some(r) = record.as_mut() {
+            r.status = response.status().as_u16();
+            r.cause = Some(error.cause);
+            if r.server.is_none() {
+                r.server = error.server.as_ref().map(|s| s.to_string());
+            }
+            r.complete = true;
+        }
+        let (parts, body) = response.into_parts();
+        let logged = record.map(|record| LogOnEnd {
+            record,
+            access: self.access.clone(),
+            started: self.started,
+            end: None,
+            bytes_in: self.bytes_in.clone().unwrap_or_default(),
+        });
+        Response::from_parts(parts, ProxyBody::full(body, logged))
+    }
+
+    /// The client went away before a response: log 499 now.
+    fn client_left(&mut self, _state: &State, cause: Cause) {
+        if let Some(mut record) = self.record.take() {
+            record.status = CLIENT_CLOSED_REQUEST.as_u16();
+            record.cause = Some(cause);
+            record.total = self.started.elapsed();
+            record.bytes_in = self
+                .bytes_in
+                .as_ref()
+                .map_or(0, |b| b.load(Ordering::Relaxed));
+            self.access.write(&record);
+        }
+    }
+
+    fn take_for_body(&mut self, upstream_status: u16) -> Option<AccessRecord> {
+        let mut record = self.record.take()?;
+        record.status = upstream_status;
+        record.upstream_status = Some(upstream_status);
+        Some(record)
+    }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        // Still holding the record: the request future was dropped, so the client left
+        // (hyper drops the service future when the connection goes away).
+        if let Some(mut record) = self.record.take() {
+            record.status = CLIENT_CLOSED_REQUEST.as_u16();
+            record.cause = Some(Cause::ClientClosed);
+            record.total = self.started.elapsed();
+            record.bytes_in = self
+                .bytes_in
+                .as_ref()
+                .map_or(0, |b| b.load(Ordering::Relaxed));
+            record.complete = false;
+            self.access.write(&record);
+        }
+    }
+}
+
+/// Writes the access-log line when the response body is over.
+struct LogOnEnd {
+    record: AccessRecord,
+    access: AccessLog,
+    started: Instant,
+    end: Option<Arc<Mutex<BodyEnd>>>,
+    bytes_in: Arc<AtomicU64>,
+}
+
+impl LogOnEnd {
+    fn write(mut self, complete: bool, bytes_out: u64) {
+        let record = &mut self.record;
+        record.total = self.started.elapsed();
+        record.bytes_out = bytes_out;
+        record.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        record.complete = complete;
+        if let Some(end) = &self.end {
+            if let Ok(mut end) = end.lock() {
+                if let Some(failure) = end.failure.take() {
+                    record.cause = Some(failure.cause);
+                    record.complete = false;
+                    tracing::warn!(
+                        cause = %failure.cause,
+                        upstream = record.upstream.as_deref().unwrap_or(""),
+                        server = record.server.as_deref().unwrap_or(""),
+                        request_id = %record.request_id,
+                        "{}",
+                        failure.detail
+                    );
+                }
+            }
+        }
+        if !complete && record.cause.is_none() {
+            record.cause = Some(Cause::ClientClosed);
+        }
+        self.access.write(&self.record);
+    }
+}
+
+/// The response body causeway sends: relayed from upstream or generated, and logged at its end.
+pub struct ProxyBody {
+    inner: Inner,
+    log: Option<LogOnEnd>,
+    bytes_out: u64,
+}
+
+enum Inner {
+    Upstream(UpstreamBody),
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    fn upstream(body: UpstreamBody, log: Option<LogOnEnd>) -> ProxyBody {
+        ProxyBody {
+            inner: Inner::Upstream(body),
+            log,
+            bytes_out: 0,
+        }
+    }
+
+    fn full(bytes: Bytes, log: Option<LogOnEnd>) -> ProxyBody {
+        let mut body = ProxyBody {
+            inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
+            log,
+            bytes_out: 0,
+        };
+        if let Inner::Full(Some(bytes)) = &body.inner {
+            body.bytes_out = bytes.len() as u64;
+        }
+        body
+    }
+
+    fn log_end(&mut self, complete: bool) {
+        if let Some(log) = self.log.take() {
+            log.write(complete, self.bytes_out);
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BodyAborted;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyAborted>>> {
+        let this = self.get_mut();
+        match &mut this.inner {
+            Inner::Full(bytes) => match bytes.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                None => {
+                    this.log_end(true);
+                    Poll::Ready(None)
+                }
+            },
+            Inner::Upstream(body) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            this.bytes_out += data.len() as u64;
+                        }
+                        if Body::is_end_stream(&*this) {
+                            this.log_end(true);
+                        }
+                    }
+                    Poll::Ready(None) => this.log_end(true),
+                    Poll::Ready(Some(Err(_))) => this.log_end(false),
+                    Poll::Pending => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(bytes) => bytes.is_none(),
+            Inner::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the client stopped reading (or the connection died).
+        let complete = self.is_end_stream();
+        self.log_end(complete);
+    }
+}
+
+/// The client's request body with causeway's limits: `max_request_body` (413) and
+/// `request_body_timeout` between chunks (408). Counts the bytes for the access log.
+pub struct ClientBody {
+    incoming: Incoming,
+    limit: u64,
+    idle_timeout: Duration,
+    idle: Pin<Box<Sleep>>,
+    received: Arc<AtomicU64>,
+}
+
+impl ClientBody {
+    fn new(
+        incoming: Incoming,
+        limit: u64,
+        idle_timeout: Duration,
+        received: Arc<AtomicU64>,
+    ) -> ClientBody {
+        ClientBody {
+            incoming,
+            limit,
+            idle_timeout,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            received,
+        }
+    }
+
+    fn hint_exact(&self) -> Option<u64> {
+        self.incoming.size_hint().exact()
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let total = this
+                        .received
+                        .fetch_add(data.len() as u64, Ordering::Relaxed)
+                        + data.len() as u64;
+                    if total > this.limit {
+                        return Poll::Ready(Some(Err(Box::new(ClientBodyError::TooLarge {
+                            limit: this.limit,
+                        }))));
+                    }
+                }
+                let deadline = Instant::now() + this.idle_timeout;
+                this.idle.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(Box::new(ClientBodyError::Aborted)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ClientBodyError::Timeout {
+                    idle: this.idle_timeout,
+                })))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}

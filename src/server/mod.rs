@@ -1,0 +1,345 @@
+//! The client side: bind listeners, accept connections, serve HTTP/1.1 and HTTP/2, drain.
+//!
+//! Each accepted connection (TCP or unix, optionally TLS) is served by hyper-util's auto
+//! builder, so one port speaks both HTTP versions. Client limits are enforced here where hyper
+//! can (header read timeout → 408, header size → 431); body limits live in `proxy`. Shutdown
+//! stops accepting, lets in-flight requests finish up to `shutdown_timeout`, then cuts the rest.
+
+pub mod tls;
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ListenAddr, Server as ServerConfig};
+use crate::log::AccessLog;
+use crate::proxy::{ClientInfo, Proxy};
+use crate::state::State;
+
+/// A bound listener address, as it really is (port 0 resolved).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bound {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// A running proxy: its listeners, its state, and the handles to stop it.
+pub struct Running {
+    pub bound: Vec<Bound>,
+    pub state: Arc<ArcSwap<State>>,
+    pub access: AccessLog,
+    stop_accepting: CancellationToken,
+    connections: TaskTracker,
+    graceful: Arc<GracefulShutdown>,
+    background: TaskTracker,
+    unix_paths: Vec<PathBuf>,
+}
+
+/// How a shutdown went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Every connection finished its in-flight requests.
+    Clean,
+    /// Some were still busy at `shutdown_timeout` and were cut.
+    TimedOut,
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// Binds every listener of `state` and starts serving.
+pub async fn start(state: State, access: AccessLog) -> io::Result<Running> {
+    let server_config = state.config.server.clone();
+    let state = Arc::new(ArcSwap::from_pointee(state));
+    let acceptor = match &server_config.tls {
+        Some(tls) => Some(tls::acceptor(tls)?),
+        None => None,
+    };
+    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
+    let mut unix_paths = Vec::new();
+    for addr in &server_config.listen {
+        match addr {
+            ListenAddr::Tcp(socket) => {
+                let listener = bind_tcp(*socket)?;
+                bound.push(Bound::Tcp(listener.local_addr()?));
+                listeners.push(Listener::Tcp(listener));
+            }
+            ListenAddr::Unix(path) => {
+                remove_stale_socket(path)?;
+                let listener = UnixListener::bind(path)?;
+                bound.push(Bound::Unix(path.clone()));
+                unix_paths.push(path.clone());
+                listeners.push(Listener::Unix(listener));
+            }
+        }
+    }
+    let running = Running {
+        bound,
+        state: state.clone(),
+        access: access.clone(),
+        stop_accepting: CancellationToken::new(),
+        connections: TaskTracker::new(),
+        graceful: Arc::new(GracefulShutdown::new()),
+        background: TaskTracker::new(),
+        unix_paths,
+    };
+    let builder = Arc::new(http_builder(&server_config));
+    for listener in listeners {
+        let accept = AcceptLoop {
+            state: state.clone(),
+            access: access.clone(),
+            builder: builder.clone(),
+            acceptor: acceptor.clone(),
+            stop: running.stop_accepting.clone(),
+            connections: running.connections.clone(),
+            graceful: running.graceful.clone(),
+            open: Arc::new(AtomicUsize::new(0)),
+            max_connections: server_config.max_connections,
+            handshake_timeout: server_config.request_header_timeout,
+        };
+        running.background.spawn(accept.run(listener));
+    }
+    // Idle upstream connections past their expiry are closed even when no request comes.
+    let sweeper_state = state.clone();
+    let sweeper_stop = running.stop_accepting.clone();
+    running.background.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = sweeper_stop.cancelled() => break,
+                _ = tick.tick() => sweeper_state.load().sweep_pools(),
+            }
+        }
+    });
+    Ok(running)
+}
+
+impl Running {
+    /// The first TCP address, for tests and the demo.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.bound.iter().find_map(|b| match b {
+            Bound::Tcp(addr) => Some(*addr),
+            Bound::Unix(_) => None,
+        })
+    }
+
+    /// Swaps in a new state; requests already running finish on the old one.
+    pub fn swap(&self, state: State) {
+        if state.config.server.listen != self.state.load().config.server.listen {
+            tracing::warn!("reload: listen addresses changed; restart causeway to apply them");
+        }
+        self.state.store(Arc::new(state));
+    }
+
+    /// Stops accepting, waits up to `timeout` for in-flight requests, then cuts the rest.
+    pub async fn shutdown(self, timeout: Duration) -> Drained {
+        self.stop_accepting.cancel();
+        self.background.close();
+        self.background.wait().await;
+        // The accept loops are gone, so this is the last reference.
+        let drained = match Arc::try_unwrap(self.graceful) {
+            Ok(graceful) => tokio::time::timeout(timeout, graceful.shutdown()).await,
+            Err(_) => Ok(()),
+        };
+        self.connections.close();
+        for path in &self.unix_paths {
+            let _ = std::fs::remove_file(path);
+        }
+        match drained {
+            Ok(()) => Drained::Clean,
+            Err(_) => Drained::TimedOut,
+        }
+    }
+}
+
+/// hyper's connection settings from `[server]`.
+fn http_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.request_header_timeout)
+        // The read buffer bounds the request head: a larger head gets 431 from hyper.
+        .max_buf_size(config.max_request_header.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(config.max_request_header.min(u32::MAX as usize) as u32)
+        // Bounds a rapid-reset style flood: streams a client may have open at once.
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(256);
+    builder
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A socket file left by a previous run would make bind fail; anything else is not ours.
+fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
+struct AcceptLoop {
+    state: Arc<ArcSwap<State>>,
+    access: AccessLog,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    acceptor: Option<TlsAcceptor>,
+    stop: CancellationToken,
+    connections: TaskTracker,
+    graceful: Arc<GracefulShutdown>,
+    open: Arc<AtomicUsize>,
+    max_connections: usize,
+    handshake_timeout: Duration,
+}
+
+impl AcceptLoop {
+    async fn run(self, listener: Listener) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.stop.cancelled() => break,
+                accepted = accept(&listener) => accepted,
+            };
+            let (stream, client) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning, keep serving.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if self.open.load(Ordering::Relaxed) >= self.max_connections {
+                tracing::warn!(
+                    limit = self.max_connections,
+                    "connection refused: server.max_connections reached"
+                );
+                drop(stream);
+                continue;
+            }
+            self.open.fetch_add(1, Ordering::Relaxed);
+            let open = self.open.clone();
+            let builder = self.builder.clone();
+            let acceptor = self.acceptor.clone();
+            let state = self.state.clone();
+            let access = self.access.clone();
+            let watcher = self.graceful.watcher();
+            let handshake_timeout = self.handshake_timeout;
+            self.connections.spawn(async move {
+                let client = ClientInfo {
+                    tls: acceptor.is_some(),
+                    ..client
+                };
+                let proxy = Proxy::new(state, access, client);
+                match (stream, acceptor) {
+                    (Accepted::Tcp(tcp), Some(acceptor)) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => serve(&builder, tls, proxy, watcher).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "client TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!("client TLS handshake timed out"),
+                        }
+                    }
+                    (Accepted::Unix(unix), Some(acceptor)) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(unix)).await {
+                            Ok(Ok(tls)) => serve(&builder, tls, proxy, watcher).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "client TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!("client TLS handshake timed out"),
+                        }
+                    }
+                    (Accepted::Tcp(tcp), None) => serve(&builder, tcp, proxy, watcher).await,
+                    (Accepted::Unix(unix), None) => serve(&builder, unix, proxy, watcher).await,
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> io::Result<(Accepted, ClientInfo)> {
+    match listener {
+        Listener::Tcp(listener) => {
+            let (stream, peer) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().ok();
+            Ok((
+                Accepted::Tcp(stream),
+                ClientInfo {
+                    peer: Some(peer),
+                    local,
+                    tls: false,
+                },
+            ))
+        }
+        Listener::Unix(listener) => {
+            let (stream, _) = listener.accept().await?;
+            Ok((
+                Accepted::Unix(stream),
+                ClientInfo {
+                    peer: None,
+                    local: None,
+                    tls: false,
+                },
+            ))
+        }
+    }
+}
+
+async fn serve<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    proxy: Proxy,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), proxy);
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}

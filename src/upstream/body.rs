@@ -1,0 +1,184 @@
+//! The response body on its way from upstream to client.
+//!
+//! Wraps hyper's `Incoming` with the `read` idle timeout, turns a mid-body failure into
+//! `body_truncated` / `body_timeout` (recorded for the access log, then returned as an error so
+//! hyper aborts the client connection instead of ending the body cleanly), and hands the
+//! connection back to the pool only when the body ended cleanly.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use super::connect::fmt_duration;
+use super::exchange::{Conn, KeepAlive};
+use super::pool::Permit;
+use super::{Server, UpstreamError};
+use crate::cause::Cause;
+use crate::classify;
+
+/// Margin subtracted from an upstream's `Keep-Alive: timeout`, as Node's own HTTP agent does
+/// (nodejs/node PR #59315): reuse must end before the server's close is even possible.
+pub const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
+
+/// What to do with the connection once the body has ended cleanly.
+pub struct ReturnToPool {
+    /// `None` when the response said the connection cannot be reused.
+    pub conn: Option<Conn>,
+    pub keep_alive: KeepAlive,
+    pub server: Arc<Server>,
+}
+
+/// How a relayed body ended, shared with the access log.
+#[derive(Debug, Default)]
+pub struct BodyEnd {
+    /// `None` while running or after a clean end; the cause after a failure.
+    pub failure: Option<UpstreamError>,
+    pub complete: bool,
+    pub bytes: u64,
+}
+
+/// A response body relayed from upstream.
+pub struct UpstreamBody {
+    incoming: Incoming,
+    read_timeout: Duration,
+    idle: Pin<Box<Sleep>>,
+    pool: Option<ReturnToPool>,
+    _permit: Permit,
+    end: Arc<Mutex<BodyEnd>>,
+    done: bool,
+}
+
+impl UpstreamBody {
+    /// Wraps `incoming`; `bodyless` is true for responses that carry no body (HEAD, 204, 304).
+    pub fn new(
+        incoming: Incoming,
+        read_timeout: Duration,
+        pool: ReturnToPool,
+        permit: Permit,
+        bodyless: bool,
+    ) -> UpstreamBody {
+        let mut body = UpstreamBody {
+            incoming,
+            read_timeout,
+            idle: Box::pin(tokio::time::sleep(read_timeout)),
+            pool: Some(pool),
+            _permit: permit,
+            end: Arc::new(Mutex::new(BodyEnd::default())),
+            done: false,
+        };
+        if bodyless || body.incoming.is_end_stream() {
+            body.finish();
+        }
+        body
+    }
+
+    /// A handle the access log reads once the body is over.
+    pub fn end_handle(&self) -> Arc<Mutex<BodyEnd>> {
+        self.end.clone()
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        if let Ok(mut end) = self.end.lock() {
+            end.complete = true;
+        }
+        if let Some(ReturnToPool {
+            conn: Some(conn),
+            keep_alive,
+            server,
+        }) = self.pool.take()
+        {
+            let expires = keep_alive
+                .timeout
+                .map(|t| Instant::now() + t.saturating_sub(KEEP_ALIVE_MARGIN));
+            server.pool.checkin(conn, expires, keep_alive.max);
+        }
+    }
+}
+
+/// The error type the relayed body yields to the server after recording the real cause.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body failed: {0}")]
+pub struct BodyAborted(pub &'static str);
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyAborted;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyAborted>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = Instant::now() + this.read_timeout;
+                this.idle.as_mut().reset(deadline);
+                if let Some(data) = frame.data_ref() {
+                    if let Ok(mut end) = this.end.lock() {
+                        end.bytes += data.len() as u64;
+                    }
+                }
+                if this.incoming.is_end_stream() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let error = classify::body_error(&e);
+                Poll::Ready(Some(Err(this.record_failure(error))))
+            }
+            Poll::Pending => {
+                ready!(this.idle.as_mut().poll(cx));
+                let error = UpstreamError::new(
+                    Cause::BodyTimeout,
+                    format!(
+                        "upstream sent no body data for {} mid-response (timeouts.read)",
+                        fmt_duration(this.read_timeout)
+                    ),
+                )
+                .with_hint("the backend stalled while streaming its response: raise timeouts.read if it is slow on purpose");
+                Poll::Ready(Some(Err(this.record_failure(error))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.done {
+            SizeHint::with_exact(0)
+        } else {
+            self.incoming.size_hint()
+        }
+    }
+}
+
+impl UpstreamBody {
+    fn record_failure(&mut self, error: UpstreamError) -> BodyAborted {
+        self.done = true;
+        self.pool = None;
+        let name = error.cause.name();
+        if let Ok(mut end) = self.end.lock() {
+            end.failure = Some(error);
+            end.complete = false;
+        }
+        BodyAborted(name)
+    }
+}

@@ -1,0 +1,372 @@
+//! One upstream group: pick a server, get a connection, exchange one request.
+//!
+//! [`Upstream::send`] is the whole upstream side of a request: balance over healthy servers,
+//! check a connection out of the pool (or `connect` a fresh one), and `exchange` the request.
+//! Every failure comes back as one [`UpstreamError`] whose cause was decided where the failure
+//! happened (by `classify`); nothing above this module inspects raw errors.
+
+pub mod body;
+pub mod connect;
+pub mod exchange;
+pub mod health;
+pub mod pool;
+pub mod retry;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use tokio::time::Instant;
+
+use crate::cause::Cause;
+use crate::config::{self, ServerAddr};
+use crate::resolve::Resolver;
+
+pub use body::UpstreamBody;
+use connect::Connector;
+use health::ServerHealth;
+use pool::Pool;
+
+/// Boxed error for the `source` chain of an [`UpstreamError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// How much of the request reached the upstream: retry safety depends on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Sent {
+    /// Nothing was written: a retry is safe for any method.
+    Nothing,
+    /// The head (and maybe part of the body) was written.
+    Head,
+    /// The whole request was written.
+    All,
+}
+
+/// Whether the connection an attempt used was fresh or came from the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reuse {
+    Fresh,
+    /// A pooled connection that sat idle this long before the attempt.
+    Pooled {
+        idle: Duration,
+    },
+}
+
+impl Reuse {
+    /// Whether the connection had served a request before.
+    pub fn is_reused(self) -> bool {
+        matches!(self, Reuse::Pooled { .. })
+    }
+
+    /// Idle time in milliseconds for the access log (0 for a fresh connection).
+    pub fn idle_ms(self) -> u64 {
+        match self {
+            Reuse::Fresh => 0,
+            Reuse::Pooled { idle } => idle.as_millis() as u64,
+        }
+    }
+}
+
+/// Extra facts some causes carry into `Proxy-Status` (RFC 9209 parameters).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyStatusParams {
+    /// `rcode` for `dns_error`.
+    pub rcode: Option<String>,
+    /// `alert-id` for `tls_alert_received`.
+    pub alert_id: Option<u8>,
+    /// `received-status` when the upstream sent a status before failing.
+    pub received_status: Option<u16>,
+    /// Part of a response head arrived before the close: `http_response_incomplete`.
+    pub partial_head: bool,
+}
+
+/// One failed attempt: what went wrong, where, and on which connection.
+#[derive(Debug, thiserror::Error)]
+#[error("{cause}: {detail}")]
+pub struct UpstreamError {
+    pub cause: Cause,
+    /// The server the attempt went to; `None` before one was picked.
+    pub server: Option<ServerAddr>,
+    pub reuse: Reuse,
+    pub sent: Sent,
+    /// One sentence for operators: "connect to 127.0.0.1:3000 refused".
+    pub detail: String,
+    /// A fix hint shown with `expose = "detail"` and in `diagnose`.
+    pub hint: Option<String>,
+    pub params: ProxyStatusParams,
+    /// Seconds until a server may be back, for `Retry-After` on 503.
+    pub retry_after: Option<u64>,
+    #[source]
+    pub source: Option<BoxError>,
+}
+
+impl UpstreamError {
+    /// An error with the given cause and detail; the rest filled in by builder methods.
+    pub fn new(cause: Cause, detail: impl Into<String>) -> UpstreamError {
+        UpstreamError {
+            cause,
+            server: None,
+            reuse: Reuse::Fresh,
+            sent: Sent::Nothing,
+            detail: detail.into(),
+            hint: None,
+            params: ProxyStatusParams::default(),
+            retry_after: None,
+            source: None,
+        }
+    }
+
+    /// Sets the server the attempt went to.
+    pub fn at(mut self, server: &ServerAddr) -> UpstreamError {
+        self.server = Some(server.clone());
+        self
+    }
+
+    /// Keeps the raw error as the source.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> UpstreamError {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Adds a fix hint.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> UpstreamError {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The RFC 9209 error type for this failure: the table's, except a premature close after
+    /// part of a head, which is `http_response_incomplete`.
+    pub fn proxy_status_error(&self) -> Option<&'static str> {
+        if self.cause == Cause::PrematureClose && self.params.partial_head {
+            return Some("http_response_incomplete");
+        }
+        self.cause.info().proxy_status
+    }
+}
+
+/// One attempt as the access log lists it.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub server: ServerAddr,
+    pub cause: Option<Cause>,
+    pub reuse: Reuse,
+    pub elapsed: Duration,
+}
+
+/// What a successful exchange returns besides the response.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    pub connect: Option<Duration>,
+    pub header: Option<Duration>,
+}
+
+/// A request ready to go upstream: head already rewritten by `headers`.
+pub type UpstreamRequest = Request<exchange::RequestBody>;
+
+/// The result of [`Upstream::send`]: the response (or the last error) and every attempt.
+pub struct Outcome {
+    pub result: Result<Response<UpstreamBody>, UpstreamError>,
+    pub attempts: Vec<Attempt>,
+    pub timings: Timings,
+    /// The server that answered (or failed last).
+    pub server: Option<ServerAddr>,
+}
+
+/// One server of a group with its pool and health state.
+#[derive(Debug)]
+pub struct Server {
+    pub addr: ServerAddr,
+    pub pool: Pool,
+    pub health: ServerHealth,
+    /// Requests in flight, for `least_conn`.
+    pub active: AtomicUsize,
+}
+
+/// One upstream group, built from `[upstreams.NAME]`.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub config: config::Upstream,
+    pub servers: Vec<Arc<Server>>,
+    connector: Connector,
+    next: AtomicUsize,
+    budget: retry::Budget,
+}
+
+impl Upstream {
+    /// Builds the group; fails only when its TLS settings cannot be loaded.
+    pub fn new(config: &config::Upstream, resolver: Resolver) -> Result<Upstream, BoxError> {
+        let connector = Connector::new(config, resolver)?;
+        let servers = config
+            .servers
+            .iter()
+            .map(|addr| {
+                Arc::new(Server {
+                    addr: addr.clone(),
+                    pool: Pool::new(config.pool, config.max_conns),
+                    health: ServerHealth::new(config.health.max_fails, config.health.fail_timeout),
+                    active: AtomicUsize::new(0),
+                })
+            })
+            .collect();
+        Ok(Upstream {
+            name: Arc::from(config.name.as_str()),
+            config: config.clone(),
+            servers,
+            connector,
+            next: AtomicUsize::new(0),
+            budget: retry::Budget::new(config.retry.budget),
+        })
+    }
+
+    /// Picks a healthy server, skipping those in `tried` when another is available.
+    fn pick(&self, tried: &[ServerAddr]) -> Result<Arc<Server>, UpstreamError> {
+        let now = Instant::now();
+        let healthy: Vec<&Arc<Server>> = self
+            .servers
+            .iter()
+            .filter(|s| s.health.is_up(now))
+            .collect();
+        if healthy.is_empty() {
+            let retry_after = self
+                .servers
+                .iter()
+                .filter_map(|s| s.health.down_until())
+                .min()
+                .map(|until| until.saturating_duration_since(now).as_secs().max(1));
+            let mut err = UpstreamError::new(
+                Cause::NoHealthyUpstream,
+                format!(
+                    "every server of upstream \"{}\" is marked down after repeated failures",
+                    self.name
+                ),
+            )
+            .with_hint("see the earlier WARN lines for why each server was marked down");
+            err.retry_after = retry_after;
+            return Err(err);
+        }
+        let fresh: Vec<&Arc<Server>> = healthy
+            .iter()
+            .copied()
+            .filter(|s| !tried.contains(&s.addr))
+            .collect();
+        let candidates = if fresh.is_empty() { healthy } else { fresh };
+        let chosen = match self.config.balance {
+            config::Balance::RoundRobin => {
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                candidates[n % candidates.len()]
+            }
+            config::Balance::LeastConn => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let len = candidates.len();
+                (0..len)
+                    .map(|i| candidates[(start + i) % len])
+                    .min_by_key(|s| s.active.load(Ordering::Relaxed))
+                    .unwrap_or(candidates[0])
+            }
+        };
+        Ok(chosen.clone())
+    }
+
+    /// Sends one request, retrying as `retry` allows, and reports every attempt.
+    pub async fn send(&self, request: UpstreamRequest) -> Outcome {
+        retry::send_with_retries(self, request).await
+    }
+
+    /// One attempt against one server: wait for a slot, check a connection out of the pool
+    /// (unless `fresh` is asked for) or connect, then exchange. The request comes back inside
+    /// the error whenever it was never written.
+    async fn attempt(
+        &self,
+        server: &Arc<Server>,
+        request: UpstreamRequest,
+        timings: &mut Timings,
+        fresh: bool,
+    ) -> Result<(Response<UpstreamBody>, Reuse), exchange::Failed> {
+        let permit = match server.pool.acquire(self.config.queue_timeout).await {
+            Ok(permit) => permit,
+            Err(waited) => {
+                let error = UpstreamError::new(
+                    Cause::UpstreamBusy,
+                    format!(
+                        "all {} connections to {} busy; waited {} ms for one (max_conns, queue_timeout)",
+                        self.config.max_conns.unwrap_or(0),
+                        server.addr,
+                        waited.as_millis()
+                    ),
+                )
+                .at(&server.addr)
+                .with_hint("raise max_conns (keep it at or below the backend's worker count) or queue_timeout");
+                return Err(exchange::Failed {
+                    error,
+                    unsent: Some(request),
+                });
+            }
+        };
+        let _active = ActiveGuard::new(&server.active);
+        let is_upgrade = exchange::is_upgrade_request(&request);
+        let pooled = if is_upgrade || fresh {
+            None
+        } else {
+            server.pool.checkout()
+        };
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let started = Instant::now();
+                match self.connector.connect(&server.addr, is_upgrade).await {
+                    Ok(conn) => {
+                        timings.connect = Some(started.elapsed());
+                        conn
+                    }
+                    Err(error) => {
+                        let error = error.at(&server.addr);
+                        return Err(exchange::Failed {
+                            error,
+                            unsent: Some(request),
+                        });
+                    }
+                }
+            }
+        };
+        let reuse = conn.reuse;
+        let sent_at = Instant::now();
+        match exchange::send(conn, request, &self.config, server.clone(), permit).await {
+            Ok(response) => {
+                timings.header = Some(sent_at.elapsed());
+                Ok((response, reuse))
+            }
+            Err(mut failed) => {
+                failed.error = failed.error.at(&server.addr);
+                Err(failed)
+            }
+        }
+    }
+
+    /// The per-request retry budget.
+    pub fn budget(&self) -> &retry::Budget {
+        &self.budget
+    }
+}
+
+/// Counts a request as active on a server while it lives.
+struct ActiveGuard<'a>(&'a AtomicUsize);
+
+impl<'a> ActiveGuard<'a> {
+    fn new(counter: &'a AtomicUsize) -> ActiveGuard<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(counter)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A whole body buffered in memory, for replayable requests and error pages.
+pub fn full_body(bytes: impl Into<Bytes>) -> exchange::RequestBody {
+    exchange::RequestBody::full(bytes.into())
+}

@@ -1,0 +1,162 @@
+//! Idle keep-alive connections to one server, and the per-server connection limit.
+//!
+//! A checkout says whether the connection is fresh or reused and how long it sat idle: that is
+//! what lets `classify` name `stale_connection` (the keep-alive race) instead of a plain reset.
+//! A connection is never reused past `pool.idle_timeout`, past the upstream's own
+//! `Keep-Alive: timeout` minus a margin, past `Keep-Alive: max`, or once hyper saw it close.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::exchange::{Conn, Sender};
+use super::Reuse;
+use crate::config;
+
+/// The idle connections of one server.
+pub struct Pool {
+    settings: config::Pool,
+    idle: Mutex<Vec<Idle>>,
+    limit: Option<Arc<Semaphore>>,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+    /// The earliest of our idle timeout and the upstream's keep-alive hint.
+    expires: Instant,
+}
+
+/// Holds one of the server's `max_conns` slots while a request uses a connection.
+#[derive(Debug)]
+pub struct Permit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+impl Permit {
+    /// A permit for a server without a connection limit.
+    pub fn unlimited() -> Permit {
+        Permit(None)
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("idle", &self.idle_count())
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl Pool {
+    /// An empty pool; `max_conns` bounds the connections in use at once.
+    pub fn new(settings: config::Pool, max_conns: Option<usize>) -> Pool {
+        Pool {
+            settings,
+            idle: Mutex::new(Vec::new()),
+            limit: max_conns.map(|n| Arc::new(Semaphore::new(n))),
+        }
+    }
+
+    /// Waits up to `queue_timeout` for a connection slot. `Err` carries how long it waited.
+    pub async fn acquire(&self, queue_timeout: Duration) -> Result<Permit, Duration> {
+        let Some(limit) = &self.limit else {
+            return Ok(Permit::unlimited());
+        };
+        let started = Instant::now();
+        match tokio::time::timeout(queue_timeout, limit.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Permit(Some(permit))),
+            // The semaphore is never closed; treat it like a timeout if it ever is.
+            Ok(Err(_)) | Err(_) => Err(started.elapsed()),
+        }
+    }
+
+    /// Takes the most recently used idle connection that is still good, if any.
+    pub fn checkout(&self) -> Option<Conn> {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(entry) = idle.pop() {
+            if entry.expires <= now || !entry.conn.is_open() {
+                continue; // dropped: hyper closes the socket
+            }
+            let idle_for = now.saturating_duration_since(entry.since);
+            if let Sender::H2(sender) = &entry.conn.sender {
+                // HTTP/2 multiplexes: keep the connection pooled and hand out a clone.
+                let conn = Conn {
+                    sender: Sender::H2(sender.clone()),
+                    stats: entry.conn.stats.clone(),
+                    reuse: Reuse::Pooled { idle: idle_for },
+                    uses: entry.conn.uses,
+                    expires: entry.conn.expires,
+                    max_uses: None,
+                };
+                idle.push(entry);
+                return Some(conn);
+            }
+            if !entry.conn.is_ready() {
+                continue;
+            }
+            let mut conn = entry.conn;
+            conn.reuse = Reuse::Pooled { idle: idle_for };
+            return Some(conn);
+        }
+        None
+    }
+
+    /// Returns a connection after a clean response. `expires` is the upstream's keep-alive
+    /// hint (already minus the margin), `max_uses` its `Keep-Alive: max`.
+    pub fn checkin(&self, mut conn: Conn, expires: Option<Instant>, max_uses: Option<u32>) {
+        if self.settings.max_idle_per_server == 0 || !conn.is_open() {
+            return;
+        }
+        if let Some(max) = max_uses {
+            // `max` counts the requests still allowed after this response (RFC 2068 §19.7.1.1).
+            if max == 0 {
+                return;
+            }
+            conn.max_uses = Some(conn.uses + max);
+        }
+        let now = Instant::now();
+        let idle_limit = now + self.settings.idle_timeout;
+        let expires = match expires.or(conn.expires) {
+            Some(hint) => hint.min(idle_limit),
+            None => idle_limit,
+        };
+        if expires <= now {
+            return;
+        }
+        conn.expires = Some(expires);
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if matches!(conn.sender, Sender::H2(_))
+            && idle.iter().any(|e| matches!(e.conn.sender, Sender::H2(_)))
+        {
+            return; // one shared HTTP/2 connection is enough
+        }
+        idle.retain(|e| e.expires > now && e.conn.is_open());
+        if idle.len() >= self.settings.max_idle_per_server {
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            conn,
+            since: now,
+            expires,
+        });
+    }
+
+    /// Closes idle connections that expired, so they do not hold sockets open until the next
+    /// checkout. Called periodically.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|e| e.expires > now && e.conn.is_open());
+        }
+    }
+
+    /// Idle connections right now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|idle| idle.len()).unwrap_or(0)
+    }
+}
