@@ -1,11 +1,13 @@
 //! The validated configuration: types that cannot hold a wrong state.
 //!
-//! `raw.rs` mirrors the TOML file one to one (unknown keys rejected, spans kept);
-//! `validate.rs` turns it into a [`Config`] while collecting *every* error as
-//! `file:line:col: message`, so `causeway check` can print them all at once. Loading binds
-//! nothing, so `run`, `check`, reload and `diagnose` share it.
+//! `raw.rs` mirrors the TOML file one to one (unknown keys rejected, spans kept) and
+//! `recover.rs` reads it without stopping at the first error; `validate.rs` (with `upstream.rs`
+//! and the value parsers of `units.rs`) turns it into a [`Config`] while collecting *every*
+//! error as `file:line:col: message`, so `causeway check` can print them all at once. Loading
+//! binds nothing, so `run`, `check`, reload and `diagnose` share it.
 
 mod raw;
+mod recover;
 #[cfg(test)]
 mod tests;
 mod units;

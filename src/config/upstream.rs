@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use http::Method;
 use toml::Spanned;
@@ -183,32 +184,35 @@ fn servers(ctx: &mut Ctx<'_>, name: &Text, raw: &RawUpstream, key: &str) -> Vec<
 }
 
 fn timeouts(ctx: &mut Ctx<'_>, raw: &RawTimeouts, key: &str) -> Timeouts {
-    let connect = ctx.timeout(&raw.connect, &format!("{key}.timeouts.connect"));
-    let header = ctx.timeout(&raw.header, &format!("{key}.timeouts.header"));
+    let connect = ctx.try_timeout(&raw.connect, &format!("{key}.timeouts.connect"));
+    let header = ctx.try_timeout(&raw.header, &format!("{key}.timeouts.header"));
     let total = raw.total.as_ref().map(|total| {
-        let parsed = ctx.timeout(total, &format!("{key}.timeouts.total"));
+        let parsed = ctx.try_timeout(total, &format!("{key}.timeouts.total"));
         for (phase, value, text) in [
             ("header", header, &raw.header),
             ("connect", connect, &raw.connect),
         ] {
-            if value > parsed {
-                ctx.error(
-                    total.span(),
-                    format!(
-                        "{key}.timeouts: {phase} ({}) is longer than total ({}), so total would \
-                         always fire first and hide which phase was slow",
-                        text.get_ref(),
-                        total.get_ref()
-                    ),
-                );
+            if let (Some(value), Some(parsed)) = (value, parsed) {
+                if value > parsed {
+                    ctx.error(
+                        total.span(),
+                        format!(
+                            "{key}.timeouts: {phase} ({}) is longer than total ({}), so total \
+                             would always fire first and hide which phase was slow",
+                            text.get_ref(),
+                            total.get_ref()
+                        ),
+                    );
+                }
             }
         }
-        parsed
+        parsed.unwrap_or(Duration::from_secs(1))
     });
+    let fallback = Duration::from_secs(1);
     Timeouts {
-        connect,
+        connect: connect.unwrap_or(fallback),
         write: ctx.timeout(&raw.write, &format!("{key}.timeouts.write")),
-        header,
+        header: header.unwrap_or(fallback),
         read: ctx.timeout(&raw.read, &format!("{key}.timeouts.read")),
         total,
     }
@@ -281,11 +285,14 @@ fn retry(ctx: &mut Ctx<'_>, raw: &RawRetry, key: &str) -> Retry {
 
 /// A cause in `retry.on`: it must exist and be a failure a new attempt could fix.
 fn retry_cause(ctx: &mut Ctx<'_>, name: &Text, key: &str) -> Option<Cause> {
+    // Client-side causes are the ones without a Proxy-Status type (cause.rs).
     let retryable = |cause: &Cause| {
-        matches!(
-            cause.info().phase,
-            Phase::Connect | Phase::Request | Phase::ResponseHead | Phase::Pick
-        )
+        let info = cause.info();
+        info.proxy_status.is_some()
+            && matches!(
+                info.phase,
+                Phase::Connect | Phase::Request | Phase::ResponseHead | Phase::Pick
+            )
     };
     let why = match Cause::from_name(name.get_ref()) {
         Some(cause) if retryable(&cause) => return Some(cause),

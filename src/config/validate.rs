@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{self, RawConfig, RawError, RawRoute, Text};
+use super::raw::{self, RawConfig, RawRoute, Text};
+use super::recover::{self, RawError};
 use super::units::{self, is_host_name};
 use super::{
     upstream, AccessFormat, AccessLogTarget, Admin, Config, ConfigError, ConfigErrors, Errors,
@@ -25,7 +26,7 @@ use super::{
 
 /// Validates config text as if read from `path`.
 pub(super) fn validate(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
-    let (raw, errors) = raw::parse(text);
+    let (raw, errors) = recover::parse(text);
     let mut ctx = Ctx::new(text, path, errors);
     let config = raw.map(|raw| build(&mut ctx, raw, path));
     match config {
@@ -248,10 +249,11 @@ fn routes(ctx: &mut Ctx<'_>, raw: &[Spanned<RawRoute>], upstreams: &[Upstream]) 
                 format!("{key}.path: \"{path}\" must start with \"/\", e.g. \"/{path}\""),
             );
         }
-        let host = route
-            .host
-            .as_ref()
-            .and_then(|host| route_host(ctx, host, key));
+        // `Err` when the host is invalid (already reported).
+        let host = match &route.host {
+            Some(raw_host) => route_host(ctx, raw_host, key).map(Some).ok_or(()),
+            None => Ok(None),
+        };
         let upstream = upstreams
             .iter()
             .position(|up| up.name == *route.upstream.get_ref());
@@ -270,6 +272,8 @@ fn routes(ctx: &mut Ctx<'_>, raw: &[Spanned<RawRoute>], upstreams: &[Upstream]) 
                 ),
             );
         }
+        // A route whose host is invalid is not compared: "any host" would be a false match.
+        let Ok(host) = host else { continue };
         let id = (host.clone(), path.clone());
         if let Some(first) = seen.get(&id) {
             let (line, col) = ctx.locate(first.start);
@@ -411,14 +415,22 @@ impl<'a> Ctx<'a> {
 
     /// A duration that is a deadline: zero would fail every request, so it is refused.
     pub(super) fn timeout(&mut self, value: &Text, key: &str) -> Duration {
-        let duration = self.parse(value, key, units::parse_duration);
-        if duration == Some(Duration::ZERO) {
+        self.try_timeout(value, key)
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// Like [`Ctx::timeout`], but `None` after an error, so comparisons with other timeouts
+    /// are skipped instead of made against a stand-in value.
+    pub(super) fn try_timeout(&mut self, value: &Text, key: &str) -> Option<Duration> {
+        let duration = self.parse(value, key, units::parse_duration)?;
+        if duration.is_zero() {
             self.error(
                 value.span(),
                 format!("{key}: must be longer than 0, or every request would time out"),
             );
+            return None;
         }
-        duration.unwrap_or(Duration::from_secs(1))
+        Some(duration)
     }
 
     /// A size in bytes.
@@ -504,6 +516,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Records that a named file is unusable, showing where a relative name led.
     fn file_error(&mut self, value: &Text, key: &str, path: &Path, problem: &str) {
         let name = value.get_ref();
         let resolved = if Path::new(name).is_absolute() {
