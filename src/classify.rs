@@ -139,31 +139,12 @@ pub fn tls_error(err: io::Error, name: &str) -> UpstreamError {
 /// Maps one rustls error: certificate problems with the precise reason, alerts with their id,
 /// plaintext where TLS was expected.
 pub fn tls_cause(err: &rustls::Error, name: &str) -> UpstreamError {
-    use rustls::CertificateError as C;
     match err {
         rustls::Error::InvalidCertificate(cert) => {
-            let reason = match cert {
-                C::Expired | C::ExpiredContext { .. } => "expired",
-                C::NotValidYet | C::NotValidYetContext { .. } => "not yet valid",
-                C::UnknownIssuer => "issued by an unknown CA (self-signed or private CA not in tls.ca)",
-                C::NotValidForName | C::NotValidForNameContext { .. } => "not valid for the name",
-                C::Revoked => "revoked",
-                C::BadSignature => "badly signed",
-                _ => "invalid",
-            };
-            let hint = match cert {
-                C::UnknownIssuer => "add the upstream's CA to tls.ca (or, for testing only, tls.insecure_skip_verify = true)".to_string(),
-                C::NotValidForName | C::NotValidForNameContext { .. } => {
-                    "set tls.server_name to a name the certificate covers".to_string()
-                }
-                C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
-                    "renew the upstream's certificate (and check both clocks)".to_string()
-                }
-                _ => "check the upstream's certificate chain".to_string(),
-            };
+            let (reason, hint) = certificate_reason(cert);
             UpstreamError::new(
                 Cause::TlsCertificateInvalid,
-                format!("upstream certificate for \"{name}\" is {reason}: {cert}"),
+                format!("upstream certificate for \"{name}\" {reason}"),
             )
             .with_hint(hint)
         }
@@ -189,6 +170,68 @@ pub fn tls_cause(err: &rustls::Error, name: &str) -> UpstreamError {
             format!("TLS handshake with \"{name}\" failed: {other}"),
         ),
     }
+}
+
+/// The precise reason a certificate was refused, with dates and names when rustls gives them,
+/// and what to do about it.
+fn certificate_reason(cert: &rustls::CertificateError) -> (String, &'static str) {
+    use rustls::CertificateError as C;
+    const RENEW: &str = "renew the upstream's certificate (and check both clocks)";
+    match cert {
+        C::Expired => ("has expired".to_string(), RENEW),
+        C::ExpiredContext { not_after, .. } => (
+            format!("expired on {}", unix_date(not_after.as_secs())),
+            RENEW,
+        ),
+        C::NotValidYet => ("is not valid yet".to_string(), RENEW),
+        C::NotValidYetContext { not_before, .. } => (
+            format!("is not valid yet: valid from {}", unix_date(not_before.as_secs())),
+            RENEW,
+        ),
+        C::UnknownIssuer => (
+            "is issued by an unknown CA (self-signed, or a private CA not in tls.ca)".to_string(),
+            "add the upstream's CA to tls.ca (or, for testing only, tls.insecure_skip_verify = true)",
+        ),
+        C::NotValidForName => (
+            "is not valid for that name".to_string(),
+            "set tls.server_name to a name the certificate covers",
+        ),
+        C::NotValidForNameContext { presented, .. } => (
+            format!(
+                "is not valid for that name: it covers only {}",
+                if presented.is_empty() {
+                    "no names".to_string()
+                } else {
+                    // rustls renders names as `DnsName("x")`; operators want `x`.
+                    presented
+                        .iter()
+                        .map(|p| p.trim_start_matches("DnsName(").trim_start_matches("IpAddress(").trim_end_matches(')').trim_matches('"'))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
+            "set tls.server_name to a name the certificate covers",
+        ),
+        C::Revoked => ("is revoked".to_string(), "the upstream needs a new certificate"),
+        C::BadSignature => (
+            "has a bad signature".to_string(),
+            "check the upstream's certificate chain",
+        ),
+        other => (
+            format!("is invalid: {other}"),
+            "check the upstream's certificate chain",
+        ),
+    }
+}
+
+/// `2001-01-01 00:00:00 UTC` for a UNIX time.
+fn unix_date(secs: u64) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| format!("UNIX time {secs}"))
 }
 
 /// Names the cause of a failed HTTP handshake (HTTP/2 preface) on a new connection.
@@ -233,7 +276,7 @@ pub fn exchange_error(
         .with_hint("the upstream's keep-alive timeout is shorter than pool.idle_timeout; lower idle_timeout below the backend's (Node: keepAliveTimeout)")
     };
     let io_kind = find_source::<io::Error>(&err).map(io::Error::kind);
-    let mut error = if err.is_canceled() {
+    let mut error = if err.is_canceled() || err.is_closed() {
         if reused {
             stale("was closed")
         } else {
@@ -325,7 +368,7 @@ pub fn body_error(err: &hyper::Error) -> UpstreamError {
     };
     UpstreamError::new(
         Cause::BodyTruncated,
-        format!("upstream {how} before the end of the response body: {err}"),
+        format!("upstream {how} before the end of the response body"),
     )
     .with_hint("the backend died mid-response or its Content-Length is wrong: check its logs")
 }
@@ -485,6 +528,22 @@ mod tests {
             "api.internal",
         );
         assert!(unknown.detail.contains("unknown CA"), "{}", unknown.detail);
+        let dated = tls_cause(
+            &rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext {
+                time: rustls::pki_types::UnixTime::since_unix_epoch(
+                    std::time::Duration::from_secs(1_000_000_000),
+                ),
+                not_after: rustls::pki_types::UnixTime::since_unix_epoch(
+                    std::time::Duration::from_secs(978_307_200),
+                ),
+            }),
+            "x",
+        );
+        assert!(
+            dated.detail.contains("expired on 2001-01-01 00:00:00 UTC"),
+            "{}",
+            dated.detail
+        );
     }
 
     #[test]
@@ -515,7 +574,7 @@ mod tests {
         );
         let error = tls_error(io, "x");
         assert_eq!(error.cause, Cause::TlsCertificateInvalid);
-        assert!(error.detail.contains("not yet valid"));
+        assert!(error.detail.contains("not valid yet"), "{}", error.detail);
     }
 
     #[test]

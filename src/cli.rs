@@ -1,5 +1,6 @@
 //! The command line (DESIGN.md section 2): one function per subcommand.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -35,6 +36,20 @@ pub enum Command {
         #[arg(short, long, default_value = "causeway.toml", env = "CAUSEWAY_CONFIG")]
         config: PathBuf,
     },
+    /// Run a deliberately broken upstream that reproduces each failure on its own path.
+    Faults {
+        /// Plain HTTP listener.
+        #[arg(long, default_value = "127.0.0.1:9080")]
+        listen: SocketAddr,
+        /// TLS listener with broken certificates chosen by SNI.
+        #[arg(long, default_value = "127.0.0.1:9443")]
+        tls_listen: SocketAddr,
+        /// Where to write the CA certificate and unix sockets.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Start faults and a proxy on loopback, send one request per failure, print a table.
+    Demo,
 }
 
 /// Runs the parsed command line.
@@ -42,6 +57,40 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run_blocking(&config),
+        Command::Faults {
+            listen,
+            tls_listen,
+            dir,
+        } => faults(listen, tls_listen, dir),
+        Command::Demo => crate::demo::run(),
+    }
+}
+
+/// `causeway faults`: serve the broken upstream until SIGINT/SIGTERM.
+fn faults(listen: SocketAddr, tls_listen: SocketAddr, dir: Option<PathBuf>) -> ExitCode {
+    init_tracing("info", LogFormat::Text);
+    let mut options = crate::faults::FaultsOptions::loopback();
+    options.listen = listen;
+    options.tls_listen = Some(tls_listen);
+    if let Some(dir) = dir {
+        options.dir = dir;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::faults::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("faults: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -24,6 +24,7 @@ pub mod cause;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod faults;
 pub mod headers;
 pub mod log;

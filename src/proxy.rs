@@ -452,6 +452,18 @@ impl LogGuard {
             errors: &state.config.errors,
             accept,
         };
+        if attempts == 0 {
+            // Failures decided before any upstream attempt (routing, client limits, all
+            // servers down): one line for the operator, at INFO because nothing is broken
+            // upstream. Failed attempts were already logged at WARN by `retry`.
+            tracing::info!(
+                cause = %error.cause,
+                upstream = upstream.map(|u| &*u.name).unwrap_or(""),
+                request_id = %request_id,
+                "{}",
+                error.detail
+            );
+        }
         let response = respond::error_response(&error, &context);
         let mut record = self.record.take();
         if let Some(r) = record.as_mut() {

@@ -536,3 +536,45 @@ async fn resolved_name_reaches_the_upstream() {
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(faults.hits("/ok"), 1);
 }
+
+#[tokio::test]
+async fn reused_connection_closed_on_a_get_is_retried_fresh_and_logged_stale() {
+    let h = start(&single("{faults}", "retry = { attempts = 1 }")).await;
+    assert_eq!(get(h.addr, "/drop-next").await.status, StatusCode::OK);
+    let reply = get(h.addr, "/ok").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "the race is absorbed: {:?}",
+        reply.body
+    );
+    let id = reply.request_id();
+    let line = access_line(&h.access, &id).await;
+    let attempts = line["attempts"].as_array().expect("attempts list");
+    assert_eq!(attempts.len(), 2, "{line}");
+    assert_eq!(attempts[0]["cause"], "stale_connection");
+    assert_eq!(attempts[0]["reused"], true);
+    assert_eq!(attempts[1]["reused"], false);
+    assert!(attempts[1]["cause"].is_null());
+    assert!(
+        line["cause"].is_null(),
+        "the client got a clean answer: {line}"
+    );
+    assert_warned(&id, "stale_connection");
+}
+
+#[tokio::test]
+async fn reused_connection_closed_on_a_sent_post_is_stale_connection_not_retried() {
+    let h = start(&single(
+        "{faults}",
+        "retry = { attempts = 2, max_replay_body = \"1KiB\" }",
+    ))
+    .await;
+    assert_eq!(get(h.addr, "/drop-next").await.status, StatusCode::OK);
+    // A POST body larger than max_replay_body is streamed, so it cannot be sent again.
+    let reply = with_body(h.addr, "POST", "/ok", vec![b'p'; 4096]).await;
+    assert_failure(&h, &reply, 502, "stale_connection", "connection_terminated").await;
+    let line = access_line(&h.access, &reply.request_id()).await;
+    assert_eq!(line["attempts"].as_array().map(Vec::len), Some(1), "{line}");
+    assert_eq!(line["attempts"][0]["reused"], true);
+}

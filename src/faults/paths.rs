@@ -110,6 +110,8 @@ pub(super) enum Fault {
     },
     NoRead,
     ResetRead,
+    /// Answer, then drop the connection when the next request arrives on it.
+    DropNext,
     /// A parameter that does not parse: 400 with this message.
     BadParameter(String),
     /// No such path: 404.
@@ -171,6 +173,7 @@ impl Fault {
             }),
             "/no-read" => Ok(Fault::NoRead),
             "/reset-read" => Ok(Fault::ResetRead),
+            "/drop-next" => Ok(Fault::DropNext),
             path => match path.strip_prefix("/status/").map(str::parse::<u16>) {
                 Some(Ok(code)) if (200..=599).contains(&code) => Ok(Fault::Status(code)),
                 Some(_) => Err(Fault::BadParameter(
@@ -193,6 +196,7 @@ impl Fault {
 /// the caller drops this future).
 pub(super) async fn serve<S: Transport>(stream: S, stats: &Stats) {
     let mut conn = Conn::new(stream, DEFAULT_IDLE);
+    let mut drop_next = false;
     loop {
         let req = match conn.read_head().await {
             Ok(req) => req,
@@ -212,7 +216,13 @@ pub(super) async fn serve<S: Transport>(stream: S, stats: &Stats) {
             }
         };
         stats.hit(req.path());
+        if drop_next {
+            // The keep-alive race from the upstream side: a reused connection closed with the
+            // request unanswered, as a backend whose keep-alive timer fired just then does.
+            return conn.close().await;
+        }
         let fault = Fault::parse(&req);
+        drop_next = matches!(fault, Fault::DropNext);
         let after = match run(&mut conn, &req, &fault).await {
             Ok(after) => after,
             Err(e) => {
@@ -287,6 +297,7 @@ async fn run<S: Transport>(conn: &mut Conn<S>, req: &Request, fault: &Fault) -> 
             answer(conn, 200, b"ok\n", keep, &headers).await
         }
         Fault::ResetRead => Ok(After::Reset),
+        Fault::DropNext => answer(conn, 200, b"ok\n", keep, &[]).await,
         Fault::BadParameter(message) => {
             answer(conn, 400, format!("{message}\n").as_bytes(), keep, &[]).await
         }

@@ -209,14 +209,6 @@ impl Conn {
             Sender::H2(s) => !s.is_closed(),
         }
     }
-
-    /// Whether a request can be sent right now without waiting.
-    pub fn is_ready(&self) -> bool {
-        match &self.sender {
-            Sender::H1(s) => s.is_ready(),
-            Sender::H2(s) => s.is_ready(),
-        }
-    }
 }
 
 /// Runs the HTTP handshake on a new transport and spawns its connection task.
@@ -301,14 +293,24 @@ pub async fn send(
 
     let exchange = async {
         match &mut conn.sender {
-            Sender::H1(sender) => sender.try_send_request(request).await.map_err(|mut e| {
-                let unsent = e.take_message();
-                (e.into_error(), unsent)
-            }),
-            Sender::H2(sender) => sender.try_send_request(request).await.map_err(|mut e| {
-                let unsent = e.take_message();
-                (e.into_error(), unsent)
-            }),
+            Sender::H1(sender) => {
+                if let Err(e) = sender.ready().await {
+                    return Err((e, Some(request)));
+                }
+                sender.try_send_request(request).await.map_err(|mut e| {
+                    let unsent = e.take_message();
+                    (e.into_error(), unsent)
+                })
+            }
+            Sender::H2(sender) => {
+                if let Err(e) = sender.ready().await {
+                    return Err((e, Some(request)));
+                }
+                sender.try_send_request(request).await.map_err(|mut e| {
+                    let unsent = e.take_message();
+                    (e.into_error(), unsent)
+                })
+            }
         }
     };
     let outcome = tokio::select! {

@@ -94,9 +94,9 @@ impl Pool {
                 idle.push(entry);
                 return Some(conn);
             }
-            if !entry.conn.is_ready() {
-                continue;
-            }
+            // Not `is_ready()`: hyper flips a connection back to ready a moment after the
+            // previous body ended. `exchange` waits for readiness and treats a connection that
+            // closes meanwhile as unsent, so the request goes elsewhere.
             let mut conn = entry.conn;
             conn.reuse = Reuse::Pooled { idle: idle_for };
             return Some(conn);

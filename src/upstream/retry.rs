@@ -117,16 +117,28 @@ pub async fn send_with_retries(upstream: &Upstream, request: Request<RequestBody
             reuse: error.reuse,
             elapsed,
         });
-        tracing::warn!(
-            cause = %error.cause,
-            upstream = %upstream.name,
-            server = %server.addr,
-            request_id = %request_id,
-            reused = error.reuse.is_reused(),
-            idle_ms = error.reuse.idle_ms(),
-            "{}",
-            error.detail
-        );
+        if error.cause.info().proxy_status.is_some() {
+            tracing::warn!(
+                cause = %error.cause,
+                upstream = %upstream.name,
+                server = %server.addr,
+                request_id = %request_id,
+                reused = error.reuse.is_reused(),
+                idle_ms = error.reuse.idle_ms(),
+                "{}",
+                error.detail
+            );
+        } else {
+            // The client's doing (gone, slow, too large): worth a line, not a warning.
+            tracing::info!(
+                cause = %error.cause,
+                upstream = %upstream.name,
+                server = %server.addr,
+                request_id = %request_id,
+                "{}",
+                error.detail
+            );
+        }
         if server.health.record_failure(error.cause) == Transition::WentDown {
             tracing::warn!(
                 upstream = %upstream.name,
