@@ -1,7 +1,7 @@
 //! Header rewriting between client and upstream, both directions.
 //!
 //! Removes hop-by-hop fields (RFC 9110 §7.6.1: `Connection` and every field it names,
-//! `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`), adds
+//! `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`), adds
 //! `Via: 1.1 causeway` and the forwarding headers, and decides the request id. It never looks
 //! at bodies and never decides routing.
 
@@ -25,7 +25,8 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Removes the hop-by-hop fields of one hop. `keep_upgrade` keeps `Connection: upgrade` and
+/// Removes the hop-by-hop fields of one hop. `Trailer` is end-to-end (RFC 9110 §6.6.2) and
+/// stays: hyper only sends trailers a response declared in it. `keep_upgrade` keeps `Connection: upgrade` and
 /// `Upgrade` for a protocol switch; `keep_te_trailers` keeps `TE: trailers` for HTTP/2.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
     let named: Vec<HeaderName> = headers
@@ -52,7 +53,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_tra
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
     headers.remove(header::TE);
-    headers.remove(header::TRAILER);
     headers.remove(header::TRANSFER_ENCODING);
     if keep_upgrade && headers.contains_key(header::UPGRADE) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -218,7 +218,7 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut headers, false, false);
         let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, vec!["x-kept"]);
+        assert_eq!(names, vec!["trailer", "x-kept"]);
     }
 
     #[test]

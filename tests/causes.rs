@@ -451,7 +451,9 @@ async fn wrong_name_certificate_is_tls_certificate_invalid() {
     .await;
     let lines = error_log_lines(&reply.request_id());
     assert!(
-        lines.iter().any(|l| l.contains("not valid for that name: it covers only other.example")),
+        lines
+            .iter()
+            .any(|l| l.contains("not valid for that name: it covers only other.example")),
         "{lines:#?}"
     );
 }

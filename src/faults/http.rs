@@ -78,6 +78,8 @@ pub(super) struct Request {
     pub(super) framing: Framing,
     /// Whether the client allows another request on this connection.
     pub(super) keep_alive: bool,
+    /// Whether the client waits for `100 Continue` before sending the body (RFC 9110 §10.1.1).
+    pub(super) expect_continue: bool,
 }
 
 impl Request {
@@ -423,7 +425,12 @@ pub(super) fn parse_head(head: Bytes) -> Result<Request, HeadError> {
     let mut chunked = false;
     let mut close = false;
     let mut keep_alive_token = false;
+    let mut expect_continue = false;
     for line in lines.take_while(|line| !line.is_empty()) {
+        if let [b' ' | b'\t', ..] = line {
+            // RFC 9112 §5.2: a server must reject obs-fold (or unfold it; rejecting is simpler).
+            return Err(Malformed("obsolete line folding"));
+        }
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             return Err(Malformed("header line without a colon"));
         };
@@ -446,6 +453,8 @@ pub(super) fn parse_head(head: Bytes) -> Result<Request, HeadError> {
                 return Err(Malformed("unsupported transfer-encoding"));
             }
             chunked = true;
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|b| *b == b',').map(trim) {
                 close |= token.eq_ignore_ascii_case(b"close");
@@ -466,6 +475,7 @@ pub(super) fn parse_head(head: Bytes) -> Result<Request, HeadError> {
         head,
         framing,
         keep_alive,
+        expect_continue,
     })
 }
 
@@ -474,4 +484,79 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+impl Transport for tokio::io::DuplexStream {
+    /// In-memory pipes have no RST: aborting is dropping.
+    fn abort(self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    //! The request-head parser and chunk-size parser on hand-written heads.
+
+    use super::{chunk_size, parse_head, Framing, HeadError, Request};
+
+    fn parse(head: &str) -> Result<Request, HeadError> {
+        parse_head(bytes::Bytes::copy_from_slice(head.as_bytes()))
+    }
+
+    fn reason(head: &str) -> &'static str {
+        match parse(head) {
+            Err(HeadError::Malformed(why)) => why,
+            other => panic!("expected a malformed head, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bare_lf_head_parses_with_its_framing() {
+        let req = parse("POST /echo?a=1 HTTP/1.1\nContent-Length: 7\n\n").expect("parses");
+        assert_eq!((req.path(), req.query("a")), ("/echo", Some("1")));
+        assert_eq!((req.framing, req.keep_alive), (Framing::Length(7), true));
+    }
+
+    #[test]
+    fn http10_closes_unless_it_asks_for_keep_alive() {
+        assert!(!parse("GET / HTTP/1.0\r\n\r\n").expect("parses").keep_alive);
+        let kept = parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").expect("parses");
+        assert!(kept.keep_alive);
+    }
+
+    #[test]
+    fn transfer_encoding_wins_over_content_length_and_closes() {
+        let head = "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let req = parse(head).expect("parses");
+        assert_eq!((req.framing, req.keep_alive), (Framing::Chunked, false));
+    }
+
+    #[test]
+    fn malformed_heads_are_rejected_with_a_reason() {
+        let cl = "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n";
+        assert_eq!(reason(cl), "conflicting content-length");
+        let folded = "GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n";
+        assert_eq!(reason(folded), "obsolete line folding");
+        assert_eq!(
+            reason("GET / HTTP/1.1\r\nX Y: a\r\n\r\n"),
+            "bad header name"
+        );
+        assert_eq!(reason("GET / HTTP/2.0\r\n\r\n"), "not HTTP/1.0 or HTTP/1.1");
+        assert_eq!(
+            reason("GET  / HTTP/1.1\r\n\r\n"),
+            "request line is not METHOD TARGET VERSION"
+        );
+        let gzip = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
+        assert_eq!(reason(gzip), "unsupported transfer-encoding");
+        assert_eq!(
+            reason("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            "bad content-length"
+        );
+    }
+
+    #[test]
+    fn chunk_size_is_hex_with_optional_extensions() {
+        assert_eq!(chunk_size(b"1aF;name=value").ok(), Some(0x1af));
+        assert!(chunk_size(b"").is_err() && chunk_size(b"12345678901234567").is_err());
+        assert!(chunk_size(b"0x10").is_err());
+    }
 }

@@ -78,37 +78,45 @@ pub(super) const PATHS: &[(&str, &str)] = &[
     ),
 ];
 
-/// One fault, parsed from a request target.
+/// One fault, parsed from a request target; each variant is a row of [`PATHS`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Fault {
-    Ok {
-        size: Option<u64>,
-    },
-    Echo {
-        trailers: bool,
-    },
+    /// `/ok`: `ok\n`, or `size` pattern bytes.
+    Ok { size: Option<u64> },
+    /// `/echo`: the request body back, optionally with a trailer.
+    Echo { trailers: bool },
+    /// `/headers`: the request head back as the body.
     Headers,
+    /// `/close`: FIN before any byte.
     Close,
+    /// `/reset`: RST before any byte.
     Reset,
+    /// `/partial-head`: half a head, then FIN.
     PartialHead,
+    /// `/garbage`: an SSH banner and binary bytes, then FIN.
     Garbage,
+    /// `/huge-header`: a complete head with a 128 KiB header, then FIN.
     HugeHeader,
+    /// `/hang`: no answer at all.
     Hang,
-    SlowHead {
-        delay: Duration,
-    },
+    /// `/slow-head`: `ok\n` after `delay`.
+    SlowHead { delay: Duration },
+    /// `/truncate`: 100 of 1000 announced body bytes, then FIN.
     Truncate,
+    /// `/reset-body`: 1000 of 100000 announced body bytes, then RST.
     ResetBody,
+    /// `/stall-body`: 100 of 1000 announced body bytes, then silence.
     StallBody,
-    SlowBody {
-        delay: Duration,
-        chunks: u64,
-    },
+    /// `/slow-body`: `chunks` chunks, each after `delay`.
+    SlowBody { delay: Duration, chunks: u64 },
+    /// `/status/NNN`: that status.
     Status(u16),
-    KeepAlive {
-        timeout: Duration,
-    },
+    /// `/keepalive`: `ok\n`, then close after `timeout` idle. Like a Node server's
+    /// `keepAliveTimeout`, the timeout then holds for the rest of that connection.
+    KeepAlive { timeout: Duration },
+    /// `/no-read`: the body is left unread, no answer.
     NoRead,
+    /// `/reset-read`: RST with the body unread.
     ResetRead,
     /// Answer, then drop the connection when the next request arrives on it.
     DropNext,
@@ -116,6 +124,29 @@ pub(super) enum Fault {
     BadParameter(String),
     /// No such path: 404.
     Unknown,
+}
+
+/// How a complete response may be sent: whether the connection stays open after it, and
+/// whether it carries a body (not for HEAD, RFC 9110 §9.3.2: same head, no content).
+#[derive(Clone, Copy, Debug)]
+struct Reply {
+    keep_alive: bool,
+    body: bool,
+}
+
+impl Reply {
+    /// For an answer to a request that could not be read: close afterwards.
+    const CLOSE: Reply = Reply {
+        keep_alive: false,
+        body: true,
+    };
+
+    fn to(req: &Request) -> Reply {
+        Reply {
+            keep_alive: req.keep_alive,
+            body: req.method != "HEAD",
+        }
+    }
 }
 
 /// What to do with the connection once a fault has run.
@@ -206,12 +237,19 @@ pub(super) async fn serve<S: Transport>(stream: S, stats: &Stats) {
                 return tracing::debug!(error = %e, "faults: reading a request head failed");
             }
             Err(HeadError::TooLarge) => {
-                let _ = answer(&mut conn, 431, b"request head too large\n", false, &[]).await;
+                let _ = answer(
+                    &mut conn,
+                    431,
+                    b"request head too large\n",
+                    Reply::CLOSE,
+                    &[],
+                )
+                .await;
                 return conn.close().await;
             }
             Err(HeadError::Malformed(why)) => {
                 let body = format!("bad request: {why}\n");
-                let _ = answer(&mut conn, 400, body.as_bytes(), false, &[]).await;
+                let _ = answer(&mut conn, 400, body.as_bytes(), Reply::CLOSE, &[]).await;
                 return conn.close().await;
             }
         };
@@ -241,10 +279,15 @@ pub(super) async fn serve<S: Transport>(stream: S, stats: &Stats) {
 
 /// Runs one fault on a connection whose request head has been read.
 async fn run<S: Transport>(conn: &mut Conn<S>, req: &Request, fault: &Fault) -> io::Result<After> {
+    let reads_body = fault.reads_body_first() || matches!(fault, Fault::Echo { .. });
+    if reads_body && req.expect_continue && req.framing != Framing::Empty {
+        // Without it, curl waits a second before sending a large upload.
+        conn.send(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+    }
     if fault.reads_body_first() {
         conn.discard_body(req.framing).await?;
     }
-    let keep = req.keep_alive;
+    let keep = Reply::to(req);
     match fault {
         Fault::Ok { size: None } => answer(conn, 200, b"ok\n", keep, &[]).await,
         Fault::Ok { size: Some(size) } => ok_sized(conn, *size, keep).await,
@@ -326,12 +369,13 @@ fn head(status: u16, headers: &[(&str, &str)], keep_alive: bool) -> Vec<u8> {
     head.into_bytes()
 }
 
-/// A complete text/plain response. 204 and 304 get no body (RFC 9110 §15.3.5, §15.4.5).
+/// A complete text/plain response. 204 and 304 get no body (RFC 9110 §15.3.5, §15.4.5), and
+/// 204 no Content-Length either; a HEAD answer keeps the length but drops the body.
 async fn answer<S: Transport>(
     conn: &mut Conn<S>,
     status: u16,
     body: &[u8],
-    keep_alive: bool,
+    reply: Reply,
     extra: &[(&str, &str)],
 ) -> io::Result<After> {
     let body = if status == 204 || status == 304 {
@@ -345,8 +389,10 @@ async fn answer<S: Transport>(
         headers.push(("Content-Length", &length));
     }
     headers.extend_from_slice(extra);
-    let mut bytes = head(status, &headers, keep_alive);
-    bytes.extend_from_slice(body);
+    let mut bytes = head(status, &headers, reply.keep_alive);
+    if reply.body {
+        bytes.extend_from_slice(body);
+    }
     conn.send(&bytes).await?;
     Ok(After::Next)
 }
@@ -358,11 +404,11 @@ fn pattern() -> &'static [u8] {
     PATTERN.get_or_init(|| (0..26 * 2520).map(|i| b'a' + (i % 26) as u8).collect())
 }
 
-async fn ok_sized<S: Transport>(conn: &mut Conn<S>, size: u64, keep: bool) -> io::Result<After> {
+async fn ok_sized<S: Transport>(conn: &mut Conn<S>, size: u64, reply: Reply) -> io::Result<After> {
     let length = size.to_string();
     let headers = [("Content-Type", "text/plain"), ("Content-Length", &length)];
-    conn.write(&head(200, &headers, keep)).await?;
-    let mut left = size;
+    conn.write(&head(200, &headers, reply.keep_alive)).await?;
+    let mut left = if reply.body { size } else { 0 };
     while left > 0 {
         let n = usize::try_from(left)
             .unwrap_or(usize::MAX)
@@ -401,8 +447,11 @@ async fn echo<S: Transport>(
     }
     conn.send(&head(200, &headers, req.keep_alive)).await?;
     let mut body = Body::new(req.framing);
+    let reply = Reply::to(req);
     while let Some(piece) = conn.body_chunk(&mut body).await? {
-        if chunked {
+        if !reply.body {
+            continue; // HEAD: the body is read and dropped, the response has none
+        } else if chunked {
             conn.write(format!("{:x}\r\n", piece.len()).as_bytes())
                 .await?;
             conn.write(&piece).await?;
@@ -412,7 +461,9 @@ async fn echo<S: Transport>(
         }
         conn.flush().await?;
     }
-    if trailers {
+    if !reply.body {
+        conn.flush().await?;
+    } else if trailers {
         conn.send(b"0\r\nX-Trailer: done\r\n\r\n").await?;
     } else if chunked {
         conn.send(b"0\r\n\r\n").await?;
@@ -437,13 +488,16 @@ async fn slow_body<S: Transport>(
     conn: &mut Conn<S>,
     delay: Duration,
     chunks: u64,
-    keep: bool,
+    reply: Reply,
 ) -> io::Result<After> {
     let headers = [
         ("Content-Type", "text/plain"),
         ("Transfer-Encoding", "chunked"),
     ];
-    conn.send(&head(200, &headers, keep)).await?;
+    conn.send(&head(200, &headers, reply.keep_alive)).await?;
+    if !reply.body {
+        return Ok(After::Next);
+    }
     for i in 0..chunks {
         tokio::time::sleep(delay).await;
         let data = format!("chunk {i}\n");

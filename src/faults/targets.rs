@@ -36,7 +36,9 @@ pub(super) fn refused(ip: IpAddr) -> io::Result<SocketAddr> {
 
 /// A TCP listener that never accepts, with `listen(0)` and its accept queue filled by
 /// connections kept in `held`. Linux then drops new SYNs (`tcp_conn_request`: accept queue
-/// full), so a new connect times out instead of failing.
+/// full), so a new connect times out instead of failing. (With the non-default
+/// `net.ipv4.tcp_abort_on_overflow = 1` it would answer RST instead; the probe below would
+/// then fail with ConnectionRefused and `start` with it.)
 pub(super) async fn backlog_full(ip: IpAddr, held: &mut Vec<Socket>) -> io::Result<SocketAddr> {
     let listener = Socket::new(
         Domain::for_address(SocketAddr::new(ip, 0)),

@@ -84,6 +84,24 @@ async fn pipelined_requests_with_bodies_are_framed_correctly() {
 }
 
 #[tokio::test]
+async fn head_request_gets_a_head_without_body_on_a_kept_connection() {
+    let f = faults().await;
+    let mut s = connect(&f).await;
+    let requests = "HEAD /ok?size=100 HTTP/1.1\r\n\r\n\
+                    GET /status/418 HTTP/1.1\r\nConnection: close\r\n\r\n";
+    s.write_all(requests.as_bytes())
+        .await
+        .expect("requests written");
+    let (bytes, end) = read_until_end(&mut s).await;
+    assert!(end.is_ok(), "{end:?}");
+    let (first, rest) = split_head(&bytes);
+    let (second, body) = split_head(rest);
+    assert!(first.contains("Content-Length: 100\r\n"), "{first}");
+    assert!(second.starts_with("HTTP/1.1 418 "), "{second}");
+    assert_eq!(body, b"status 418\n");
+}
+
+#[tokio::test]
 async fn echo_returns_body_method_and_path() {
     let f = faults().await;
     let req = "PUT /echo?x=1 HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello world";
@@ -92,6 +110,24 @@ async fn echo_returns_body_method_and_path() {
     assert_eq!(r.header("x-echo-method"), Some("PUT"));
     assert_eq!(r.header("x-echo-path"), Some("/echo?x=1"));
     assert_eq!(r.header("content-length"), Some("11"));
+}
+
+#[tokio::test]
+async fn expect_continue_gets_100_before_the_body_is_read() {
+    let f = faults().await;
+    let mut s = connect(&f).await;
+    let head = "POST /echo HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n";
+    s.write_all(head.as_bytes()).await.expect("head sent");
+    let mut buf = Vec::new();
+    let interim = read_response(&mut s, &mut buf)
+        .await
+        .expect("interim response");
+    assert_eq!(interim.status, 100);
+    s.write_all(b"hi").await.expect("body sent");
+    assert_eq!(
+        read_response(&mut s, &mut buf).await.expect("final").body,
+        b"hi"
+    );
 }
 
 #[tokio::test]
@@ -305,10 +341,14 @@ async fn keepalive_closes_the_connection_after_the_idle_timeout() {
 }
 
 #[tokio::test]
-async fn no_read_stalls_an_upload_without_answering() {
+async fn no_read_stalls_a_small_upload_without_answering() {
     let f = faults().await;
-    let mut s = connect(&f).await;
-    let body = vec![b'u'; 32 * 1024 * 1024];
+    // With the client's send buffer small, what stalls the upload is the faults server's
+    // receive buffer: ~60 KiB fit (128 KiB would pass with Linux's default 128 KiB).
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_send_buffer_size(16 * 1024).expect("SO_SNDBUF");
+    let mut s = socket.connect(f.http).await.expect("connect to faults");
+    let body = vec![b'u'; 128 * 1024];
     let head = format!(
         "POST /no-read HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -317,7 +357,7 @@ async fn no_read_stalls_an_upload_without_answering() {
     let upload = timeout(Duration::from_millis(500), s.write_all(&body)).await;
     assert!(
         upload.is_err(),
-        "a 32 MiB upload must stall, got {upload:?}"
+        "a 128 KiB upload must stall, got {upload:?}"
     );
     assert_silent(&mut s, Duration::from_millis(100)).await;
 }
@@ -403,6 +443,62 @@ async fn non_http_request_gets_400_and_close() {
     );
 }
 
+/// Valid requests that mutations start from: bodies of both framings, trailers, pipelining.
+const SEEDS: &[&str] = &[
+    "GET /ok HTTP/1.1\r\nHost: a\r\n\r\nGET /status/201 HTTP/1.1\r\n\r\n",
+    "POST /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+    "POST /echo?trailers=1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+    "PUT /headers HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi",
+    "HEAD /ok?size=10 HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+];
+
+#[tokio::test]
+async fn mutated_requests_never_panic_a_connection() {
+    // The connection is served in this task, not spawned: a panic fails the test.
+    let stats = super::Stats::default();
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut random = move |below: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % below as u64) as usize
+    };
+    for round in 0..400 {
+        let mut input = SEEDS[round % SEEDS.len()].as_bytes().to_vec();
+        for _ in 0..1 + random(4) {
+            let at = random(input.len() + 1);
+            match random(5) {
+                0 => input.insert(at, b"\r\n:; 0aZ\x00\xff"[random(10)]),
+                1 if at < input.len() => {
+                    input.remove(at);
+                }
+                2 => input.truncate(at),
+                3 if at < input.len() => input[at] ^= 1 << random(8),
+                _ => input
+                    .splice(at..at, b"\r\nContent-Length: 9".iter().copied())
+                    .for_each(drop),
+            }
+        }
+        let (mut client, server) = tokio::io::duplex(256 * 1024);
+        client.write_all(&input).await.expect("input fits the pipe");
+        drop(client);
+        let _ = timeout(
+            Duration::from_millis(300),
+            super::paths::serve(server, &stats),
+        )
+        .await;
+    }
+    let served: u64 = stats
+        .hits
+        .lock()
+        .map(|hits| hits.values().sum())
+        .unwrap_or(0);
+    assert!(
+        served > 50,
+        "many mutations still reach a fault, got {served}"
+    );
+}
+
 #[tokio::test]
 async fn unix_listener_serves_the_same_paths() {
     let f = faults().await;
@@ -471,4 +567,13 @@ async fn describe_names_every_target_and_path() {
     }
     assert!(text.contains(&f.backlog_full_unix.display().to_string()));
     assert!(text.contains("expired.localhost"));
+}
+
+#[test]
+fn server_and_start_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<F: Send>(_: F) {}
+    send_sync::<Faults>();
+    send(super::start(super::FaultsOptions::loopback()));
+    send(super::run(super::FaultsOptions::loopback()));
 }

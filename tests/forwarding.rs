@@ -1,0 +1,320 @@
+//! Forwarding through causeway to a real backend on loopback: methods and bodies, chunked
+//! uploads, trailers, the headers added and removed on the way, WebSocket upgrades, unix
+//! sockets on both sides, and HTTP/1.1 and HTTP/2 clients.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+/// The request head as the upstream received it (faults' `/headers`), lower-cased.
+async fn upstream_head(h: &Harness, request: Request<Full<Bytes>>) -> String {
+    let reply = send(h.addr, request).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    reply.text().to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn post_and_put_bodies_reach_the_upstream_and_come_back() {
+    let h = start(&single("{faults}", "")).await;
+    for method in ["POST", "PUT"] {
+        let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let reply = with_body(h.addr, method, "/echo", body.clone()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{method}");
+        assert_eq!(reply.header("x-echo-method").as_deref(), Some(method));
+        assert_eq!(
+            reply.body.as_deref().ok(),
+            Some(&body[..]),
+            "{method} body intact"
+        );
+    }
+    let reply = get(h.addr, "/ok").await;
+    assert_eq!(reply.text(), "ok\n");
+}
+
+#[tokio::test]
+async fn chunked_upload_is_streamed_through() {
+    let h = start(&single("{faults}", "")).await;
+    let chunks: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = (0..50)
+        .map(|i| {
+            Ok(http_body::Frame::data(Bytes::from(vec![
+                b'a' + (i % 26)
+                    as u8;
+                10_000
+            ])))
+        })
+        .collect();
+    let body = StreamBody::new(futures_util::stream::iter(chunks));
+    let stream = TcpStream::connect(h.addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let request = Request::post("/echo")
+        .header("host", "test.local")
+        .body(body)
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let echoed = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(echoed.len(), 500_000);
+    assert_eq!(echoed[10_000], b'b');
+}
+
+#[tokio::test]
+async fn response_trailers_are_relayed() {
+    let h = start(&single("{faults}", "")).await;
+    let stream = TcpStream::connect(h.addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let request = Request::post("/echo?trailers=1")
+        .header("host", "test.local")
+        // hyper sends trailers to HTTP/1.1 clients that say they accept them.
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"hello")))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let collected = response.into_body().collect().await.expect("body");
+    let trailers = collected.trailers().cloned().expect("trailers relayed");
+    assert_eq!(trailers["x-trailer"], "done");
+    assert_eq!(collected.to_bytes(), "hello");
+}
+
+#[tokio::test]
+async fn request_id_via_and_forwarded_for_are_added() {
+    let h = start(&single("{faults}", "")).await;
+    let request = Request::get("/headers")
+        .header("host", "app.example")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let reply = send(h.addr, request).await;
+    let head = reply.text().to_ascii_lowercase();
+    let id = reply.request_id();
+    assert!(head.contains(&format!("x-request-id: {id}")), "{head}");
+    assert!(head.contains("via: 1.1 causeway"), "{head}");
+    assert!(head.contains("x-forwarded-for: 127.0.0.1"), "{head}");
+    assert!(head.contains("x-forwarded-proto: http"), "{head}");
+    assert!(head.contains("x-forwarded-host: app.example"), "{head}");
+    assert!(
+        head.contains("host: app.example"),
+        "the client's Host is kept: {head}"
+    );
+}
+
+#[tokio::test]
+async fn a_sane_client_request_id_is_kept_and_a_bad_one_replaced() {
+    let h = start(&single("{faults}", "")).await;
+    let request = Request::get("/headers")
+        .header("host", "t")
+        .header("x-request-id", "client-id.42@edge")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let reply = send(h.addr, request).await;
+    assert_eq!(reply.request_id(), "client-id.42@edge");
+    assert!(reply.text().contains("client-id.42@edge"));
+    let request = Request::get("/headers")
+        .header("host", "t")
+        .header("x-request-id", "bad id with spaces")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let reply = send(h.addr, request).await;
+    assert_ne!(reply.request_id(), "bad id with spaces");
+    assert_eq!(reply.request_id().len(), 36, "a UUID");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_not_forwarded() {
+    let h = start(&single("{faults}", "")).await;
+    let request = Request::get("/headers")
+        .header("host", "t")
+        .header("connection", "keep-alive, X-Secret")
+        .header("x-secret", "do-not-forward")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("x-kept", "yes")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let head = upstream_head(&h, request).await;
+    assert!(!head.contains("x-secret"), "{head}");
+    assert!(!head.contains("do-not-forward"), "{head}");
+    assert!(!head.contains("keep-alive: timeout"), "{head}");
+    assert!(!head.contains("proxy-connection"), "{head}");
+    assert!(head.contains("x-kept: yes"), "{head}");
+}
+
+#[tokio::test]
+async fn untrusted_forwarded_for_is_replaced_not_appended() {
+    let h = start(&single("{faults}", "")).await;
+    let request = Request::get("/headers")
+        .header("host", "t")
+        .header("x-forwarded-for", "6.6.6.6")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let head = upstream_head(&h, request).await;
+    assert!(head.contains("x-forwarded-for: 127.0.0.1\r\n"), "{head}");
+    assert!(!head.contains("6.6.6.6"), "{head}");
+}
+
+#[tokio::test]
+async fn unix_socket_upstream_works() {
+    let h = start(&single("{unix}", "")).await;
+    let reply = get(h.addr, "/ok").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "ok\n");
+    let line = access_line(&h.access, &reply.request_id()).await;
+    assert!(
+        line["server"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("unix:")),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn unix_socket_listener_serves_clients() {
+    let faults = causeway::faults::start(causeway::faults::FaultsOptions::loopback())
+        .await
+        .expect("faults");
+    let dir = std::env::temp_dir().join(format!("causeway-listen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let socket = dir.join("proxy.sock");
+    let config = format!(
+        "[server]\nlisten = [\"unix:{}\"]\n{}",
+        socket.display(),
+        single(&faults.http.to_string(), "")
+    );
+    let _proxy = start_proxy(&config).await;
+    let stream = UnixStream::connect(&socket)
+        .await
+        .expect("connect unix listener");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let request = Request::get("/headers")
+        .header("host", "t")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let head = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(
+        head.contains("x-forwarded-for: unknown"),
+        "a unix client has no IP: {head}"
+    );
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let h = start(&single("{faults}", "")).await;
+    let stream = TcpStream::connect(h.addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 prior-knowledge handshake");
+    tokio::spawn(conn);
+    // Several streams at once on one connection.
+    let mut answers = Vec::new();
+    for i in 0..5 {
+        let request = Request::post("http://test.local/echo")
+            .body(Full::new(Bytes::from(format!("stream {i}"))))
+            .expect("request");
+        answers.push(sender.send_request(request));
+    }
+    for (i, answer) in answers.into_iter().enumerate() {
+        let response = answer.await.expect("h2 response");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers().contains_key("x-request-id"));
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(body, format!("stream {i}"));
+    }
+}
+
+#[tokio::test]
+async fn http2_client_sees_a_cut_body_as_a_reset_stream() {
+    let h = start(&single("{faults}", "")).await;
+    let stream = TcpStream::connect(h.addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let request = Request::get("http://test.local/truncate")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("head");
+    assert_eq!(response.status(), StatusCode::OK);
+    let result = response.into_body().collect().await;
+    assert!(result.is_err(), "RST_STREAM, not a clean end");
+}
+
+/// A WebSocket echo server on loopback.
+async fn websocket_echo() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_close() || ws.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn websocket_upgrade_round_trips() {
+    let backend = websocket_echo().await;
+    init_logs();
+    let proxy = start_proxy(&single(&backend.to_string(), "")).await;
+    let addr = proxy.tcp_addr().expect("tcp");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut ws, response) = tokio_tungstenite::client_async(format!("ws://{addr}/chat"), stream)
+        .await
+        .expect("websocket handshake through the proxy");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for text in ["hello", "through", "causeway"] {
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .expect("send");
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("echo in time")
+            .expect("a message")
+            .expect("a frame");
+        assert_eq!(echoed.into_text().expect("text").as_str(), text);
+    }
+    ws.close(None).await.expect("close");
+}
