@@ -12,6 +12,7 @@ use http::Method;
 
 use crate::cause::Cause;
 use crate::config::ServerAddr;
+use crate::fastcgi::FastCgiError;
 use crate::proxy::ClientBodyError;
 use crate::resolve::ResolveError;
 use crate::upstream::{Reuse, Sent, UpstreamError};
@@ -371,6 +372,101 @@ pub fn body_error(err: &hyper::Error) -> UpstreamError {
         format!("upstream {how} before the end of the response body"),
     )
     .with_hint("the backend died mid-response or its Content-Length is wrong: check its logs")
+}
+
+/// Why a PHP-FPM worker usually dies without answering; part of every such detail.
+const WORKER_DIED: &str = "the worker died: PHP-FPM's request_terminate_timeout, an OOM kill or a crash (see PHP-FPM's log)";
+
+/// Names the cause of a failed FastCGI exchange before a complete CGI head.
+pub fn fastcgi_error(err: &FastCgiError, server: &ServerAddr) -> UpstreamError {
+    use crate::fastcgi::client::Phase;
+    match err {
+        FastCgiError::Io { phase: Phase::WritingRequest, source, .. } => UpstreamError::new(
+            Cause::WriteFailed,
+            format!("sending the FastCGI request to {server} failed: {source}"),
+        )
+        .with_hint(WORKER_DIED),
+        FastCgiError::Io { phase: Phase::ReadingBody, source, .. } => UpstreamError::new(
+            Cause::BodyTruncated,
+            format!("reading the response body from {server} failed: {source}"),
+        ),
+        FastCgiError::Io { source, bytes_received, .. } => {
+            let reset = source.kind() == io::ErrorKind::ConnectionReset;
+            let cause = if reset { Cause::UpstreamReset } else { Cause::PrematureClose };
+            let what = if reset { "reset the connection" } else { "failed" };
+            UpstreamError::new(
+                cause,
+                format!("{server} {what} before a complete response head ({bytes_received} bytes received): {WORKER_DIED}"),
+            )
+            .with_hint("raise request_terminate_timeout or memory limits, or fix the crash in PHP-FPM's log")
+        }
+        FastCgiError::ClosedBeforeHead { bytes_received } => {
+            let mut error = UpstreamError::new(
+                Cause::PrematureClose,
+                format!("{server} closed the connection before a complete response head ({bytes_received} bytes received): {WORKER_DIED}"),
+            )
+            .with_hint("raise request_terminate_timeout or memory limits, or fix the crash in PHP-FPM's log");
+            error.params.partial_head = *bytes_received > 0;
+            error
+        }
+        FastCgiError::Record(crate::fastcgi::RecordError::BadVersion(72)) => UpstreamError::new(
+            Cause::FastcgiProtocolError,
+            format!("{server} speaks HTTP, not FastCGI (its first byte was 'H')"),
+        )
+        .with_hint("this port is an HTTP server: use protocol = \"http\", or point the upstream at PHP-FPM's listen address"),
+        FastCgiError::Record(e) => UpstreamError::new(
+            Cause::FastcgiProtocolError,
+            format!("{server} sent malformed FastCGI records: {e}"),
+        ),
+        FastCgiError::Cgi(e) => UpstreamError::new(
+            Cause::FastcgiProtocolError,
+            format!("{server} sent an invalid CGI response head: {e}"),
+        ),
+        FastCgiError::EndedBeforeHead { .. } => UpstreamError::new(
+            Cause::FastcgiProtocolError,
+            format!("{server} ended the request without a response head: {err}"),
+        ),
+        FastCgiError::HeadTooLarge { limit } => UpstreamError::new(
+            Cause::HeaderTooLarge,
+            format!("CGI response head from {server} is larger than {limit} bytes (max_response_header)"),
+        ),
+        FastCgiError::Rejected { protocol_status } if *protocol_status == 1 || *protocol_status == 2 => {
+            UpstreamError::new(
+                Cause::FastcgiOverloaded,
+                format!("{server} refused the request: {err}"),
+            )
+            .with_hint("the FastCGI application is out of a resource; add capacity or set max_conns so requests queue in causeway")
+        }
+        FastCgiError::Rejected { .. } => UpstreamError::new(
+            Cause::FastcgiProtocolError,
+            format!("{server} refused the request: {err}"),
+        ),
+        FastCgiError::Truncated => UpstreamError::new(
+            Cause::BodyTruncated,
+            format!("{server} closed the connection before END_REQUEST: {WORKER_DIED}"),
+        ),
+        FastCgiError::ClientBody(source) => match find_source::<ClientBodyError>(source.as_ref()) {
+            Some(client) => client_body_error(client),
+            None => client_body_error(&ClientBodyError::Aborted),
+        },
+        FastCgiError::BodyLength { .. } => client_body_error(&ClientBodyError::Aborted),
+    }
+}
+
+/// Names the cause of a FastCGI failure after the head was relayed.
+pub fn fastcgi_body_error(err: &FastCgiError) -> UpstreamError {
+    match err {
+        FastCgiError::ClientBody(_) | FastCgiError::BodyLength { .. } => {
+            client_body_error(&ClientBodyError::Aborted)
+        }
+        _ => UpstreamError::new(
+            Cause::BodyTruncated,
+            format!("FastCGI response ended before END_REQUEST ({err}): {WORKER_DIED}"),
+        )
+        .with_hint(
+            "raise request_terminate_timeout or memory limits, or fix the crash in PHP-FPM's log",
+        ),
+    }
 }
 
 /// Maps a client-side body failure: never the upstream's fault.

@@ -25,6 +25,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fastcgi;
 pub mod faults;
 pub mod headers;
 pub mod log;

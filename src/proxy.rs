@@ -188,6 +188,13 @@ async fn handle(
         }
     }
 
+    // FastCGI: a path that names no runnable script is answered here, without a worker.
+    if let Some(fastcgi) = &upstream.config.fastcgi {
+        if let Err(e) = crate::upstream::fastcgi::check_script(fastcgi, request.uri().path()) {
+            return guard.finish_local(e.status(), &e.to_string(), &request_id);
+        }
+    }
+
     let is_upgrade = request.headers().contains_key(header::UPGRADE);
     let client_version = request.version();
     let (mut parts, incoming) = request.into_parts();
@@ -204,13 +211,45 @@ async fn handle(
         server_config.request_body_timeout,
         bytes_in.clone(),
     );
-    let body = match replayable_length(
-        &parts.headers,
-        client_body.hint_exact(),
-        upstream.config.retry.max_replay_body,
-    ) {
-        Some(_) => match client_body.collect().await {
-            Ok(collected) => RequestBody::full(collected.to_bytes()),
+    // FastCGI needs CONTENT_LENGTH up front (PHP reads no more than it): a body of unknown
+    // length is spooled, up to `fastcgi.max_spool_body`, else 411 like nginx's
+    // `fastcgi_request_buffering` limit.
+    let spool_limit = upstream
+        .config
+        .fastcgi
+        .as_ref()
+        .filter(|_| {
+            !is_bodyless(&parts.headers) && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        })
+        .map(|f| f.max_spool_body as usize);
+    let buffer_limit = spool_limit.unwrap_or(upstream.config.retry.max_replay_body);
+    let buffer_whole = spool_limit.is_some()
+        || replayable_length(&parts.headers, client_body.hint_exact(), buffer_limit).is_some();
+    let body = match buffer_whole.then_some(()) {
+        Some(_) => match http_body_util::Limited::new(client_body, buffer_limit)
+            .collect()
+            .await
+        {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                if spool_limit.is_some() {
+                    parts.headers.remove(header::TRANSFER_ENCODING);
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                }
+                RequestBody::full(bytes)
+            }
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return guard.finish_local(
+                    StatusCode::LENGTH_REQUIRED,
+                    "a request body of unknown length larger than fastcgi.max_spool_body needs a Content-Length",
+                    &request_id,
+                );
+            }
             Err(e) => {
                 let error = match classify::find_source::<ClientBodyError>(e.as_ref()) {
                     Some(client_error) => classify::client_body_error(client_error),
@@ -317,6 +356,7 @@ async fn handle(
         parts.headers.insert(&X_REQUEST_ID, value);
     }
     let end = body.end_handle();
+    let stderr = parts.extensions.remove::<crate::fastcgi::StderrLog>();
     let logged = guard
         .take_for_body(upstream_status.as_u16())
         .map(|record| LogOnEnd {
@@ -324,6 +364,7 @@ async fn handle(
             access,
             started,
             end: Some(end),
+            stderr,
             bytes_in,
         });
     Response::from_parts(parts, ProxyBody::upstream(body, logged))
@@ -480,9 +521,50 @@ impl LogGuard {
             access: self.access.clone(),
             started: self.started,
             end: None,
+            stderr: None,
             bytes_in: self.bytes_in.clone().unwrap_or_default(),
         });
         Response::from_parts(parts, ProxyBody::full(body, logged))
+    }
+
+    /// An answer causeway gives itself that is not a failure (a FastCGI path naming no
+    /// script): plain text, `cause` null, `upstream_status` null.
+    fn finish_local(
+        &mut self,
+        status: StatusCode,
+        detail: &str,
+        request_id: &str,
+    ) -> Response<ProxyBody> {
+        tracing::info!(status = status.as_u16(), request_id = %request_id, "{detail}");
+        let text = format!(
+            "{} {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+        let mut record = self.record.take();
+        if let Some(r) = record.as_mut() {
+            r.status = status.as_u16();
+            r.complete = true;
+        }
+        let logged = record.map(|record| LogOnEnd {
+            record,
+            access: self.access.clone(),
+            started: self.started,
+            end: None,
+            stderr: None,
+            bytes_in: self.bytes_in.clone().unwrap_or_default(),
+        });
+        let mut response = Response::new(ProxyBody::full(Bytes::from(text), logged));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert(&X_REQUEST_ID, id);
+        }
+        response
     }
 
     /// The client went away before a response: log 499 now.
@@ -531,6 +613,8 @@ struct LogOnEnd {
     access: AccessLog,
     started: Instant,
     end: Option<Arc<Mutex<BodyEnd>>>,
+    /// FastCGI STDERR, complete once the body ended.
+    stderr: Option<crate::fastcgi::StderrLog>,
     bytes_in: Arc<AtomicU64>,
 }
 
@@ -556,6 +640,17 @@ impl LogOnEnd {
                     );
                 }
             }
+        }
+        if let Some(stderr) = self.stderr.as_ref().filter(|s| !s.is_empty()) {
+            let text = stderr.text();
+            // nginx: `FastCGI sent in stderr: "PHP message: PHP Fatal error: ..."`.
+            tracing::warn!(
+                upstream = record.upstream.as_deref().unwrap_or(""),
+                server = record.server.as_deref().unwrap_or(""),
+                request_id = %record.request_id,
+                "FastCGI sent in stderr: {text:?}"
+            );
+            record.fastcgi_stderr = Some(text);
         }
         if !complete && record.cause.is_none() {
             record.cause = Some(Cause::ClientClosed);

@@ -22,6 +22,7 @@ use super::pool::Permit;
 use super::{Server, UpstreamError};
 use crate::cause::Cause;
 use crate::classify;
+use crate::fastcgi::FastCgiBody;
 
 /// Margin subtracted from an upstream's `Keep-Alive: timeout`, as Node's own HTTP agent does
 /// (nodejs/node PR #59315): reuse must end before the server's close is even possible.
@@ -44,9 +45,46 @@ pub struct BodyEnd {
     pub bytes: u64,
 }
 
+/// Where the relayed bytes come from.
+enum Source {
+    Http(Incoming),
+    FastCgi(FastCgiBody),
+}
+
+impl Source {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Http(body) => body.is_end_stream(),
+            Source::FastCgi(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Http(body) => body.size_hint(),
+            Source::FastCgi(body) => body.size_hint(),
+        }
+    }
+
+    /// The next frame, with a failure already classified.
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        match self {
+            Source::Http(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| classify::body_error(&e)),
+            Source::FastCgi(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| classify::fastcgi_body_error(&e)),
+        }
+    }
+}
+
 /// A response body relayed from upstream.
 pub struct UpstreamBody {
-    incoming: Incoming,
+    incoming: Source,
     read_timeout: Duration,
     idle: Pin<Box<Sleep>>,
     pool: Option<ReturnToPool>,
@@ -59,6 +97,26 @@ impl UpstreamBody {
     /// Wraps `incoming`; `bodyless` is true for responses that carry no body (HEAD, 204, 304).
     pub fn new(
         incoming: Incoming,
+        read_timeout: Duration,
+        pool: ReturnToPool,
+        permit: Permit,
+        bodyless: bool,
+    ) -> UpstreamBody {
+        UpstreamBody::with_source(Source::Http(incoming), read_timeout, pool, permit, bodyless)
+    }
+
+    /// Wraps a FastCGI STDOUT stream: it ends cleanly only on END_REQUEST.
+    pub fn fastcgi(
+        body: FastCgiBody,
+        read_timeout: Duration,
+        pool: ReturnToPool,
+        permit: Permit,
+    ) -> UpstreamBody {
+        UpstreamBody::with_source(Source::FastCgi(body), read_timeout, pool, permit, false)
+    }
+
+    fn with_source(
+        incoming: Source,
         read_timeout: Duration,
         pool: ReturnToPool,
         permit: Permit,
@@ -120,7 +178,7 @@ impl Body for UpstreamBody {
         if this.done {
             return Poll::Ready(None);
         }
-        match Pin::new(&mut this.incoming).poll_frame(cx) {
+        match this.incoming.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let deadline = Instant::now() + this.read_timeout;
                 this.idle.as_mut().reset(deadline);
@@ -138,10 +196,7 @@ impl Body for UpstreamBody {
                 this.finish();
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => {
-                let error = classify::body_error(&e);
-                Poll::Ready(Some(Err(this.record_failure(error))))
-            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(this.record_failure(error)))),
             Poll::Pending => {
                 ready!(this.idle.as_mut().poll(cx));
                 let error = UpstreamError::new(

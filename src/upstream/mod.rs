@@ -8,6 +8,7 @@
 pub mod body;
 pub mod connect;
 pub mod exchange;
+pub mod fastcgi;
 pub mod health;
 pub mod pool;
 pub mod retry;
@@ -189,7 +190,7 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub config: config::Upstream,
     pub servers: Vec<Arc<Server>>,
-    connector: Connector,
+    pub(crate) connector: Connector,
     next: AtomicUsize,
     budget: retry::Budget,
 }
@@ -305,6 +306,9 @@ impl Upstream {
             }
         };
         let _active = ActiveGuard::new(&server.active);
+        if self.config.protocol == config::Protocol::FastCgi {
+            return fastcgi::attempt(self, server, request, timings, permit).await;
+        }
         let is_upgrade = exchange::is_upgrade_request(&request);
         let pooled = if is_upgrade || fresh {
             None

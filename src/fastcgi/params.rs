@@ -1,0 +1,443 @@
+//! The PARAMS list (the CGI environment) for one request, built as nginx's `fastcgi.conf` does,
+//! with the PATH_INFO split and the path checks that nginx leaves to the configuration
+//! (research/ecosystem.md §2). Pure apart from one `stat` for `try_files`.
+//!
+//! The script path is decided here, before any connection: a path that could run the wrong
+//! file is refused with a [`ScriptPathError`] (400 or 404), never passed on for PHP to guess.
+//! Symlinks inside `root` are followed, as nginx does by default; only the lexical path is
+//! checked to stay under `root`.
+
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST};
+use http::uri::Authority;
+use http::{HeaderMap, Method, StatusCode, Version};
+
+/// `SERVER_SOFTWARE`, like nginx's `nginx/$nginx_version`.
+pub const SERVER_SOFTWARE: &str = concat!("causeway/", env!("CARGO_PKG_VERSION"));
+
+/// Headers that describe one hop and must not reach the application as HTTP_* (RFC 9110 §7.6.1),
+/// plus `proxy` (httpoxy, CVE-2016-5385: HTTP_PROXY is read as an outbound proxy).
+const NOT_FORWARDED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+    "proxy",
+];
+
+/// How one FastCGI upstream maps URIs to scripts (`fastcgi = { ... }` in the config).
+#[derive(Clone, Debug)]
+pub struct FastCgiSettings {
+    /// The document root on the application's file system; SCRIPT_FILENAME lies under it.
+    pub root: PathBuf,
+    /// Script run for a URI ending in `/` (nginx's `fastcgi_index`), e.g. `index.php`.
+    pub index: String,
+    /// Check that the script is a file before sending it (nginx's `try_files $uri =404`), so
+    /// PHP's `cgi.fix_pathinfo` never falls back to running another file.
+    pub try_files: bool,
+    /// WordPress-style fallback: a path with no existing script runs `/index` with the
+    /// original REQUEST_URI instead of answering 404.
+    pub front_controller: bool,
+    /// Extra params from the config, sent last (PHP-FPM keeps the last of duplicate names).
+    pub params: Vec<(String, String)>,
+}
+
+/// What the proxy knows about the request that PARAMS describe.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestMeta<'a> {
+    /// The request method.
+    pub method: &'a Method,
+    /// Path and query exactly as received, e.g. `/a%20b.php/x?q=1` (origin form).
+    pub target: &'a str,
+    /// The client's HTTP version, for SERVER_PROTOCOL.
+    pub version: Version,
+    /// The client's request headers; most become HTTP_* params.
+    pub headers: &'a HeaderMap,
+    /// The effective authority (RFC 9112 §3.2.2: the target's, else Host); gives HTTP_HOST and
+    /// SERVER_NAME, so a raw Host header never contradicts it.
+    pub authority: &'a Authority,
+    /// The client's address; `None` on a unix listener.
+    pub client: Option<SocketAddr>,
+    /// The listener's local address; `None` on a unix listener.
+    pub server: Option<SocketAddr>,
+    /// Whether the client connection is TLS (HTTPS=on, REQUEST_SCHEME=https).
+    pub https: bool,
+    /// The request body's length as it will be sent on STDIN; PHP-FPM reads no more than this.
+    pub content_length: Option<u64>,
+}
+
+/// Why a URI cannot be mapped to a script. The proxy answers with [`ScriptPathError::status`]
+/// and does not contact the upstream.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScriptPathError {
+    /// The target does not start with `/` (e.g. `*` or an absolute URI).
+    #[error("request target is not an absolute path")]
+    NotOriginForm,
+    /// A `%` not followed by two hex digits.
+    #[error("bad percent-encoding in the path")]
+    BadPercentEncoding,
+    /// `%2F` or `%5C`: an encoded separator would split differently after decoding.
+    #[error("encoded slash or backslash in the path")]
+    EncodedSlash,
+    /// The decoded path is not UTF-8.
+    #[error("path is not UTF-8 after percent-decoding")]
+    NotUtf8,
+    /// A backslash, which some systems treat as a separator.
+    #[error("backslash in the path")]
+    Backslash,
+    /// NUL, CR, LF or another control byte (CVE-2019-11043 started with `%0a`).
+    #[error("control character in the path")]
+    ControlCharacter,
+    /// A `..` segment.
+    #[error("'..' segment in the path")]
+    DotDot,
+    /// The script file would lie outside `root` (only a bad `index` setting can cause this).
+    #[error("script path escapes the document root")]
+    RootEscape,
+    /// No `.php` segment, not a directory, and no front controller configured.
+    #[error("path does not name a PHP script")]
+    NotAScript,
+    /// `try_files` found no file at SCRIPT_FILENAME.
+    #[error("script {0} does not exist")]
+    ScriptNotFound(PathBuf),
+}
+
+impl ScriptPathError {
+    /// 404 when the path is fine but names no script, 400 when the path itself is refused.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ScriptPathError::NotAScript | ScriptPathError::ScriptNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ScriptPathError::NotOriginForm
+            | ScriptPathError::BadPercentEncoding
+            | ScriptPathError::EncodedSlash
+            | ScriptPathError::NotUtf8
+            | ScriptPathError::Backslash
+            | ScriptPathError::ControlCharacter
+            | ScriptPathError::DotDot
+            | ScriptPathError::RootEscape => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// The PARAMS pairs in the order they will be sent. Values are bytes: header values and file
+/// names need not be UTF-8.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Params {
+    pairs: Vec<(String, Vec<u8>)>,
+}
+
+impl Params {
+    /// Appends a pair; a later duplicate wins in PHP-FPM.
+    pub fn push(&mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) {
+        self.pairs.push((name.into(), value.into()));
+    }
+
+    /// The last value sent under `name`, for logs and tests.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The pairs as byte slices, ready for [`super::record::params`].
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.pairs.iter().map(|(n, v)| (n.as_bytes(), v.as_slice()))
+    }
+}
+
+/// Where a URI leads: the script and what follows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Script {
+    /// SCRIPT_NAME: the script's decoded URI path, e.g. `/blog/index.php`.
+    pub name: String,
+    /// PATH_INFO: the decoded rest after the script, never empty (`None` instead).
+    pub path_info: Option<String>,
+    /// SCRIPT_FILENAME: `root` + `name`.
+    pub filename: PathBuf,
+    /// DOCUMENT_URI: the normalised decoded path (`/index.php` after a front-controller fallback).
+    pub document_uri: String,
+}
+
+/// Whether `path` is a regular file (following symlinks): the `try_files` test.
+pub fn script_exists(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|meta| meta.is_file())
+}
+
+/// Builds PARAMS for `meta` under `settings`, checking the script with [`script_exists`].
+pub fn build(
+    meta: &RequestMeta<'_>,
+    settings: &FastCgiSettings,
+) -> Result<Params, ScriptPathError> {
+    build_with(meta, settings, script_exists)
+}
+
+/// [`build`] with the existence test supplied, so tests need no file system.
+pub fn build_with(
+    meta: &RequestMeta<'_>,
+    settings: &FastCgiSettings,
+    exists: impl Fn(&Path) -> bool,
+) -> Result<Params, ScriptPathError> {
+    let (path, query) = match meta.target.split_once('?') {
+        Some((path, query)) => (path, query),
+        None => (meta.target, ""),
+    };
+    let script = resolve_script(path, settings, exists)?;
+    let mut params = Params::default();
+    let root = path_bytes(&settings.root);
+    params.push("SCRIPT_FILENAME", path_bytes(&script.filename));
+    params.push("QUERY_STRING", query);
+    params.push("REQUEST_METHOD", meta.method.as_str());
+    let content_type = meta.headers.get(CONTENT_TYPE).map(|v| v.as_bytes());
+    params.push("CONTENT_TYPE", content_type.unwrap_or_default());
+    let length = meta
+        .content_length
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    params.push("CONTENT_LENGTH", length);
+    params.push("SCRIPT_NAME", script.name);
+    params.push("REQUEST_URI", meta.target);
+    params.push("DOCUMENT_URI", script.document_uri);
+    params.push("DOCUMENT_ROOT", root.clone());
+    params.push("SERVER_PROTOCOL", protocol(meta.version));
+    params.push("REQUEST_SCHEME", if meta.https { "https" } else { "http" });
+    if meta.https {
+        params.push("HTTPS", "on");
+    }
+    params.push("GATEWAY_INTERFACE", "CGI/1.1");
+    params.push("SERVER_SOFTWARE", SERVER_SOFTWARE);
+    match meta.client {
+        Some(client) => {
+            params.push("REMOTE_ADDR", client.ip().to_string());
+            params.push("REMOTE_PORT", client.port().to_string());
+        }
+        // nginx's $remote_addr on a unix listener.
+        None => params.push("REMOTE_ADDR", "unix:"),
+    }
+    match meta.server {
+        Some(server) => params.push("SERVER_ADDR", server.ip().to_string()),
+        None => params.push("SERVER_ADDR", "unix:"),
+    }
+    params.push("SERVER_PORT", server_port(meta).to_string());
+    params.push("SERVER_NAME", meta.authority.host());
+    params.push("REDIRECT_STATUS", "200");
+    if let Some(path_info) = script.path_info {
+        let mut translated = root;
+        while translated.last() == Some(&b'/') {
+            translated.pop();
+        }
+        translated.extend_from_slice(path_info.as_bytes());
+        params.push("PATH_INFO", path_info);
+        params.push("PATH_TRANSLATED", translated);
+    }
+    params.push("HTTP_HOST", meta.authority.as_str());
+    push_headers(&mut params, meta.headers);
+    for (name, value) in &settings.params {
+        params.push(name.clone(), value.as_bytes());
+    }
+    Ok(params)
+}
+
+/// Maps the raw URI path to a script: decode once, refuse what could escape or confuse, split
+/// lazily at the first `.php` segment (`^(.+?\.php)(/.*)$`), then apply `try_files` and the
+/// front controller.
+pub fn resolve_script(
+    raw_path: &str,
+    settings: &FastCgiSettings,
+    exists: impl Fn(&Path) -> bool,
+) -> Result<Script, ScriptPathError> {
+    let decoded = decode_path(raw_path)?;
+    let trailing_slash = decoded.ends_with('/');
+    // Empty and `.` segments are dropped, as nginx merges slashes and resolves `/./`.
+    let segments: Vec<&str> = decoded
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
+    let mut document_uri = format!("/{}", segments.join("/"));
+    if trailing_slash && !segments.is_empty() {
+        document_uri.push('/');
+    }
+    let split = segments.iter().position(|s| s.ends_with(".php"));
+    let candidate = match split {
+        Some(at) => {
+            let rest = &segments[at + 1..];
+            let mut path_info = rest.iter().fold(String::new(), |acc, s| acc + "/" + s);
+            if trailing_slash {
+                path_info.push('/');
+            }
+            let name = format!("/{}", segments[..=at].join("/"));
+            Some((name, Some(path_info).filter(|p| !p.is_empty())))
+        }
+        None if trailing_slash => Some((format!("{}{}", document_uri, settings.index), None)),
+        None => None,
+    };
+    if let Some((name, path_info)) = candidate {
+        let filename = script_filename(&settings.root, &name)?;
+        if !settings.try_files || exists(&filename) {
+            return Ok(Script {
+                name,
+                path_info,
+                filename,
+                document_uri,
+            });
+        }
+        if !settings.front_controller {
+            return Err(ScriptPathError::ScriptNotFound(filename));
+        }
+    } else if !settings.front_controller {
+        return Err(ScriptPathError::NotAScript);
+    }
+    let name = format!("/{}", settings.index);
+    let filename = script_filename(&settings.root, &name)?;
+    if settings.try_files && !exists(&filename) {
+        return Err(ScriptPathError::ScriptNotFound(filename));
+    }
+    Ok(Script {
+        document_uri: name.clone(),
+        name,
+        path_info: None,
+        filename,
+    })
+}
+
+/// Percent-decodes once and refuses separators, traversal and control bytes.
+fn decode_path(raw: &str) -> Result<String, ScriptPathError> {
+    if !raw.starts_with('/') {
+        return Err(ScriptPathError::NotOriginForm);
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = match bytes[at] {
+            b'%' => {
+                let hex = bytes
+                    .get(at + 1..at + 3)
+                    .ok_or(ScriptPathError::BadPercentEncoding)?;
+                let value = hex_value(hex[0])
+                    .zip(hex_value(hex[1]))
+                    .map(|(hi, lo)| (hi << 4) | lo)
+                    .ok_or(ScriptPathError::BadPercentEncoding)?;
+                if value == b'/' || value == b'\\' {
+                    return Err(ScriptPathError::EncodedSlash);
+                }
+                at += 3;
+                value
+            }
+            other => {
+                at += 1;
+                other
+            }
+        };
+        decoded.push(byte);
+    }
+    let decoded = String::from_utf8(decoded).map_err(|_| ScriptPathError::NotUtf8)?;
+    if decoded.contains('\\') {
+        return Err(ScriptPathError::Backslash);
+    }
+    if decoded.bytes().any(|b| b.is_ascii_control()) {
+        return Err(ScriptPathError::ControlCharacter);
+    }
+    if decoded.split('/').any(|segment| segment == "..") {
+        return Err(ScriptPathError::DotDot);
+    }
+    Ok(decoded)
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    char::from(digit)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+}
+
+/// `root` + the script's URI path, which must be `/` and plain segments: a bad `index` could
+/// hold `..`, `./` or an absolute path.
+fn script_filename(root: &Path, name: &str) -> Result<PathBuf, ScriptPathError> {
+    let relative = name.strip_prefix('/').ok_or(ScriptPathError::RootEscape)?;
+    let plain = relative
+        .split('/')
+        .all(|segment| !matches!(segment, "" | "." | ".."));
+    let filename = root.join(relative);
+    let normal = Path::new(relative)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)));
+    if !plain || !normal || !filename.starts_with(root) {
+        return Err(ScriptPathError::RootEscape);
+    }
+    Ok(filename)
+}
+
+/// A path's bytes as the OS holds them: file names need not be UTF-8.
+fn path_bytes(path: &Path) -> Vec<u8> {
+    path.as_os_str().as_encoded_bytes().to_vec()
+}
+
+/// nginx's `$server_protocol`.
+fn protocol(version: Version) -> &'static str {
+    if version == Version::HTTP_09 {
+        "HTTP/0.9"
+    } else if version == Version::HTTP_10 {
+        "HTTP/1.0"
+    } else if version == Version::HTTP_2 {
+        "HTTP/2.0"
+    } else if version == Version::HTTP_3 {
+        "HTTP/3.0"
+    } else {
+        "HTTP/1.1"
+    }
+}
+
+/// The listener's port; on a unix listener, the authority's port or the scheme's default.
+fn server_port(meta: &RequestMeta<'_>) -> u16 {
+    match (meta.server, meta.authority.port_u16()) {
+        (Some(server), _) => server.port(),
+        (None, Some(port)) => port,
+        (None, None) if meta.https => 443,
+        (None, None) => 80,
+    }
+}
+
+/// Every forwardable request header as HTTP_*: names upper-cased with `-` → `_`; repeated
+/// headers joined with ", " (Cookie with "; ", RFC 9113 §8.2.3).
+fn push_headers(params: &mut Params, headers: &HeaderMap) {
+    let named_by_connection: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .collect();
+    for name in headers.keys() {
+        let name_str = name.as_str();
+        let skip = *name == HOST
+            || *name == CONTENT_TYPE
+            || *name == CONTENT_LENGTH
+            || NOT_FORWARDED.contains(&name_str)
+            || named_by_connection.iter().any(|n| n == name_str)
+            // Only letters, digits and '-' (nginx's `ignore_invalid_headers`): `_` would make
+            // `X_Forwarded_For` collide with `X-Forwarded-For` after mapping.
+            || !name_str
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if skip {
+            continue;
+        }
+        let separator: &[u8] = if *name == COOKIE { b"; " } else { b", " };
+        let mut value = Vec::new();
+        for (index, part) in headers.get_all(name).iter().enumerate() {
+            if index > 0 {
+                value.extend_from_slice(separator);
+            }
+            value.extend_from_slice(part.as_bytes());
+        }
+        let param = format!("HTTP_{}", name_str.to_ascii_uppercase().replace('-', "_"));
+        params.push(param, value);
+    }
+}

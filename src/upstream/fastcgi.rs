@@ -1,0 +1,273 @@
+//! One attempt against a FastCGI server (PHP-FPM): connect, build the CGI params, exchange.
+//!
+//! The codec and the exchange live in `crate::fastcgi`; this file adds what belongs to the
+//! upstream side: the connect step (shared with HTTP), the `write` and `header` timeouts as a
+//! watchdog that names its phase, and classification of `FastCgiError` through `classify`.
+//! One connection per request (`fastcgi.keep_conn = false`, nginx's default) because a kept
+//! connection pins a PHP-FPM worker; the socket is closed as soon as END_REQUEST arrives.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, Request, Response};
+use tokio::time::{sleep, Instant};
+
+use super::body::{ReturnToPool, UpstreamBody};
+use super::connect::fmt_duration;
+use super::exchange::{Failed, KeepAlive, RequestBody};
+use super::pool::Permit;
+use super::{Reuse, Sent, Server, Timings, Upstream, UpstreamError};
+use crate::cause::Cause;
+use crate::classify;
+use crate::config;
+use crate::fastcgi::{self, Exchange, FastCgiRequest, FastCgiSettings, ScriptPathError};
+use crate::proxy::ClientInfo;
+
+/// Most STDERR kept per request, for the error and access logs.
+const STDERR_LIMIT: usize = 4096;
+
+/// The codec's settings from `fastcgi = { ... }`.
+pub fn settings(config: &config::FastCgi) -> FastCgiSettings {
+    FastCgiSettings {
+        root: config.root.clone(),
+        index: config.index.clone(),
+        try_files: config.try_files,
+        front_controller: config.front_controller,
+        params: config.params.clone(),
+    }
+}
+
+/// Decides before any upstream contact whether the path names a runnable script: a refused or
+/// missing script is answered by causeway itself (400/404), so `/uploads/evil.jpg/x.php`
+/// never reaches PHP-FPM and a typo costs no worker.
+pub fn check_script(config: &config::FastCgi, path: &str) -> Result<(), ScriptPathError> {
+    fastcgi::params::resolve_script(path, &settings(config), fastcgi::params::script_exists)
+        .map(|_| ())
+}
+
+/// Sends `request` to `server` over FastCGI.
+pub async fn attempt(
+    upstream: &Upstream,
+    server: &Arc<Server>,
+    request: Request<RequestBody>,
+    timings: &mut Timings,
+    permit: Permit,
+) -> Result<(Response<UpstreamBody>, Reuse), Failed> {
+    let config = &upstream.config;
+    let request_id = request
+        .extensions()
+        .get::<crate::proxy::RequestId>()
+        .cloned()
+        .unwrap_or_default();
+    let Some(fastcgi_config) = &config.fastcgi else {
+        let error = UpstreamError::new(Cause::FastcgiProtocolError, "fastcgi settings missing")
+            .at(&server.addr);
+        return Err(Failed {
+            error,
+            unsent: Some(request),
+        });
+    };
+    let params = match build_params(&request, fastcgi_config) {
+        Ok(params) => params,
+        Err(e) => {
+            // `check_script` already passed in `proxy`; only a race with the file system
+            // gets here. Not the upstream's fault, and nothing was sent.
+            let error = UpstreamError::new(
+                Cause::FastcgiProtocolError,
+                format!("cannot build FastCGI params: {e}"),
+            )
+            .at(&server.addr);
+            return Err(Failed {
+                error,
+                unsent: Some(request),
+            });
+        }
+    };
+    let started = Instant::now();
+    let deadline = started + config.timeouts.connect;
+    let io = match upstream.connector.open(&server.addr, deadline).await {
+        Ok(io) => io,
+        Err(error) => {
+            let error = error.at(&server.addr);
+            return Err(Failed {
+                error,
+                unsent: Some(request),
+            });
+        }
+    };
+    timings.connect = Some(started.elapsed());
+
+    let content_length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let exchange = Exchange::new(STDERR_LIMIT);
+    let fastcgi_request = FastCgiRequest {
+        params,
+        body: request.into_body(),
+        content_length,
+        max_head: config.max_response_header,
+    };
+    let sent_at = Instant::now();
+    let outcome = tokio::select! {
+        biased;
+        result = fastcgi::send(io, fastcgi_request, &exchange, None) => Ok(result),
+        stalled = watchdog(&exchange, config.timeouts) => Err(stalled),
+    };
+    let sent = if exchange.request_written() {
+        Sent::All
+    } else if exchange.bytes_sent() > 0 {
+        Sent::Head
+    } else {
+        Sent::Nothing
+    };
+    let response = match outcome {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            let mut error = classify::fastcgi_error(&e, &server.addr).with_source(e);
+            error.sent = sent;
+            log_stderr(&exchange, upstream, server, &error, &request_id);
+            return Err(Failed {
+                error: error.at(&server.addr),
+                unsent: None,
+            });
+        }
+        Err(mut error) => {
+            error.sent = sent;
+            log_stderr(&exchange, upstream, server, &error, &request_id);
+            return Err(Failed {
+                error: error.at(&server.addr),
+                unsent: None,
+            });
+        }
+    };
+    timings.header = Some(sent_at.elapsed());
+    let (mut parts, body) = response.into_parts();
+    parts.extensions.insert(exchange.stderr().clone());
+    let body = UpstreamBody::fastcgi(
+        body,
+        config.timeouts.read,
+        ReturnToPool {
+            conn: None,
+            keep_alive: KeepAlive {
+                reusable: false,
+                timeout: None,
+                max: None,
+            },
+            server: server.clone(),
+        },
+        permit,
+    );
+    Ok((Response::from_parts(parts, body), Reuse::Fresh))
+}
+
+/// The CGI environment for `request` (already rewritten for the upstream hop).
+fn build_params(
+    request: &Request<RequestBody>,
+    config: &config::FastCgi,
+) -> Result<fastcgi::Params, String> {
+    let client = request.extensions().get::<ClientInfo>();
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let authority: http::uri::Authority = host
+        .parse()
+        .or_else(|_| "localhost".parse())
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    let target = request
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let content_length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let meta = fastcgi::RequestMeta {
+        method: request.method(),
+        target,
+        version: request.version(),
+        headers: request.headers(),
+        authority: &authority,
+        client: client.and_then(|c| c.peer),
+        server: client.and_then(|c| c.local),
+        https: client.is_some_and(|c| c.tls),
+        content_length,
+    };
+    fastcgi::params::build(&meta, &settings(config)).map_err(|e| e.to_string())
+}
+
+/// Waits until the exchange stalls in the write phase (upstream not reading STDIN) or the
+/// header phase (no complete CGI head after the request was written), and names which.
+async fn watchdog(exchange: &Exchange, timeouts: config::Timeouts) -> UpstreamError {
+    // Polled rather than signalled: the codec spawns nothing and exposes counters only.
+    let tick = Duration::from_millis(20)
+        .min(timeouts.write)
+        .min(timeouts.header);
+    let mut last_sent = exchange.bytes_sent();
+    let mut last_progress = Instant::now();
+    let mut written_at: Option<Instant> = None;
+    loop {
+        sleep(tick).await;
+        let now = Instant::now();
+        if written_at.is_none() && exchange.request_written() {
+            written_at = Some(now);
+        }
+        match written_at {
+            Some(at) if now.duration_since(at) >= timeouts.header => {
+                return UpstreamError::new(
+                    Cause::HeaderTimeout,
+                    format!(
+                        "no complete response head within {} of sending the request (timeouts.header)",
+                        fmt_duration(timeouts.header)
+                    ),
+                )
+                .with_hint("the script runs longer than timeouts.header: raise it for this route, or find what the script waits on (PHP keeps running after causeway gives up)");
+            }
+            Some(_) => {}
+            None => {
+                let sent = exchange.bytes_sent();
+                if sent != last_sent {
+                    last_sent = sent;
+                    last_progress = now;
+                } else if now.duration_since(last_progress) >= timeouts.write {
+                    return UpstreamError::new(
+                        Cause::WriteTimeout,
+                        format!(
+                            "upstream stopped reading the request body for {} (timeouts.write)",
+                            fmt_duration(timeouts.write)
+                        ),
+                    )
+                    .with_hint("the PHP script is not reading its input (php://input) and PHP-FPM's buffers are full");
+                }
+            }
+        }
+    }
+}
+
+/// STDERR that arrived before a failure, logged like nginx's "FastCGI sent in stderr".
+fn log_stderr(
+    exchange: &Exchange,
+    upstream: &Upstream,
+    server: &Server,
+    error: &UpstreamError,
+    request_id: &crate::proxy::RequestId,
+) {
+    let stderr = exchange.stderr();
+    if stderr.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        upstream = %upstream.name,
+        server = %server.addr,
+        cause = %error.cause,
+        request_id = %request_id,
+        "FastCGI sent in stderr: {:?}",
+        stderr.text()
+    );
+}
