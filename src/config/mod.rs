@@ -284,6 +284,9 @@ pub struct Retry {
 pub struct Pool {
     pub max_idle_per_server: usize,
     pub idle_timeout: Duration,
+    /// Expire idle connections by the upstream's `Keep-Alive: timeout=N` (minus 1 s) and
+    /// `max=M`. On by default; off only to reproduce the keep-alive race.
+    pub honor_keep_alive: bool,
 }
 
 /// `health = { max_fails, fail_timeout, check }`.

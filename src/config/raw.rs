@@ -197,6 +197,8 @@ pub(crate) struct RawPool {
     pub max_idle_per_server: usize,
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Text,
+    #[serde(default = "default_true")]
+    pub honor_keep_alive: bool,
 }
 
 /// `health = { max_fails, fail_timeout, check }`.
@@ -479,6 +481,7 @@ impl Default for RawPool {
         RawPool {
             max_idle_per_server: default_max_idle_per_server(),
             idle_timeout: default_idle_timeout(),
+            honor_keep_alive: true,
         }
     }
 }
@@ -491,4 +494,8 @@ impl Default for RawHealth {
             check: None,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }

@@ -117,6 +117,7 @@ pub(super) fn upstream(ctx: &mut Ctx<'_>, name: &Text, raw: &Spanned<RawUpstream
         pool: Pool {
             max_idle_per_server: raw.pool.max_idle_per_server,
             idle_timeout: ctx.duration(&raw.pool.idle_timeout, &format!("{key}.pool.idle_timeout")),
+            honor_keep_alive: raw.pool.honor_keep_alive,
         },
         health: health(ctx, &raw.health, &key),
         tls: tls.unwrap_or(UpstreamTls {

@@ -153,10 +153,7 @@ impl UpstreamBody {
             server,
         }) = self.pool.take()
         {
-            let expires = keep_alive
-                .timeout
-                .map(|t| Instant::now() + t.saturating_sub(KEEP_ALIVE_MARGIN));
-            server.pool.checkin(conn, expires, keep_alive.max);
+            server.pool.checkin(conn, keep_alive);
         }
     }
 }

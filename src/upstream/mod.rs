@@ -193,6 +193,11 @@ pub struct Upstream {
     pub(crate) connector: Connector,
     next: AtomicUsize,
     budget: retry::Budget,
+    /// Keep-alive races absorbed: stale pooled connections whose request was sent again on a
+    /// fresh one (for metrics; the log has each one).
+    pub races_absorbed: std::sync::atomic::AtomicU64,
+    /// Retries sent after a failed attempt (stale retries included).
+    pub retries: std::sync::atomic::AtomicU64,
 }
 
 impl Upstream {
@@ -218,6 +223,8 @@ impl Upstream {
             connector,
             next: AtomicUsize::new(0),
             budget: retry::Budget::new(config.retry.budget),
+            races_absorbed: Default::default(),
+            retries: Default::default(),
         })
     }
 

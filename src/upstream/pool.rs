@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::exchange::{Conn, Sender};
+use super::body::KEEP_ALIVE_MARGIN;
+use super::exchange::{Conn, KeepAlive, Sender};
 use super::Reuse;
 use crate::config;
 
@@ -104,12 +105,21 @@ impl Pool {
         None
     }
 
-    /// Returns a connection after a clean response. `expires` is the upstream's keep-alive
-    /// hint (already minus the margin), `max_uses` its `Keep-Alive: max`.
-    pub fn checkin(&self, mut conn: Conn, expires: Option<Instant>, max_uses: Option<u32>) {
+    /// Returns a connection after a clean response, honouring what the response said about
+    /// keep-alive: `timeout=N` expires it at N minus [`KEEP_ALIVE_MARGIN`], `max=M` caps its
+    /// uses (unless `pool.honor_keep_alive = false`).
+    pub fn checkin(&self, mut conn: Conn, keep_alive: KeepAlive) {
         if self.settings.max_idle_per_server == 0 || !conn.is_open() {
             return;
         }
+        let (expires, max_uses) = if self.settings.honor_keep_alive {
+            let expires = keep_alive
+                .timeout
+                .map(|t| Instant::now() + t.saturating_sub(KEEP_ALIVE_MARGIN));
+            (expires, keep_alive.max)
+        } else {
+            (None, None)
+        };
         if let Some(max) = max_uses {
             // `max` counts the requests still allowed after this response (RFC 2068 §19.7.1.1).
             if max == 0 {

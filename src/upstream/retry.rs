@@ -4,9 +4,10 @@
 //! sent, or the method is idempotent (or the request carries `Idempotency-Key`); the body can
 //! be replayed; attempts and the retry budget are left. A reused connection that died before
 //! any response byte (`stale_connection`, the keep-alive race) gets one extra try on a fresh
-//! connection under the same safety rules, without spending an attempt: it says nothing about
-//! the server. Retries prefer a server not tried yet.
+//! connection under the same safety rules, without spending an attempt (it says nothing about
+//! the server), when `retry.on` lists `stale_connection` (the default does). Retries prefer a server not tried yet.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::Request;
@@ -153,9 +154,12 @@ pub async fn send_with_retries(upstream: &Upstream, request: Request<RequestBody
         let safe = unsent.is_some() || error.sent == super::Sent::Nothing || idempotent;
         let again = unsent.or(replay);
         let stale = error.cause == Cause::StaleConnection;
-        if stale && !stale_retry_used && safe && again.is_some() {
+        let stale_allowed = policy.on.contains(&Cause::StaleConnection);
+        if stale && stale_allowed && !stale_retry_used && safe && again.is_some() {
             stale_retry_used = true;
             force_fresh = true;
+            upstream.races_absorbed.fetch_add(1, Ordering::Relaxed);
+            upstream.retries.fetch_add(1, Ordering::Relaxed);
             tried.clear(); // the same server is fine: only the connection was bad
             next = again;
             continue;
@@ -166,6 +170,7 @@ pub async fn send_with_retries(upstream: &Upstream, request: Request<RequestBody
             && safe
             && again.is_some();
         if may_retry && upstream.budget().withdraw() {
+            upstream.retries.fetch_add(1, Ordering::Relaxed);
             tried.push(server.addr.clone());
             next = again;
             continue;

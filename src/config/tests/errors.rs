@@ -38,8 +38,8 @@ fn unknown_keys_are_reported_at_the_key_at_every_depth() {
              `resolver`, `upstreams`, `routes`",
             // After [[routes]], a key belongs to the route.
             "8:1: routes: unknown field `bogus`, expected one of `path`, `host`, `upstream`",
-            "10:1: upstreams.app.pool: unknown field `idle`, expected `max_idle_per_server` or \
-             `idle_timeout`",
+            "10:1: upstreams.app.pool: unknown field `idle`, expected one of \
+             `max_idle_per_server`, `idle_timeout`, `honor_keep_alive`",
             "13:1: admin: unknown field `port`, expected `listen`",
         ]
     );

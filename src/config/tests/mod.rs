@@ -136,7 +136,8 @@ fn defaults_are_the_documented_ones() {
         up.pool,
         Pool {
             max_idle_per_server: 64,
-            idle_timeout: secs(4)
+            idle_timeout: secs(4),
+            honor_keep_alive: true,
         }
     );
     assert_eq!(up.health.max_fails, 3);
