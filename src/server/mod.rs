@@ -155,7 +155,14 @@ impl Running {
         // The accept loops are gone, so this is the last reference.
         let drained = match Arc::try_unwrap(self.graceful) {
             Ok(graceful) => tokio::time::timeout(timeout, graceful.shutdown()).await,
-            Err(_) => Ok(()),
+            Err(_) => {
+                // Cannot happen (the accept loops ended above), but never claim a clean
+                // drain that was not awaited.
+                tracing::warn!(
+                    "shutdown: connection tracking still shared; not waiting for a drain"
+                );
+                return Drained::TimedOut;
+            }
         };
         self.connections.close();
         for path in &self.unix_paths {
