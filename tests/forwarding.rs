@@ -318,3 +318,114 @@ async fn websocket_upgrade_round_trips() {
     }
     ws.close(None).await.expect("close");
 }
+
+/// An HTTP/2-only (prior knowledge) backend that answers with the version it saw.
+async fn h2_backend() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |request: Request<hyper::body::Incoming>| async move {
+                        let text = format!("{:?} {}", request.version(), request.uri().path());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(text),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn http2_upstreams_are_spoken_to_in_http2() {
+    let backend = h2_backend().await;
+    init_logs();
+    let proxy = start_proxy(&single(&backend.to_string(), "protocol = \"http2\"")).await;
+    let addr = proxy.tcp_addr().expect("tcp");
+    for _ in 0..3 {
+        let reply = get(addr, "/h2/path").await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(reply.text(), "HTTP/2.0 /h2/path");
+    }
+}
+
+#[tokio::test]
+async fn tls_listener_serves_h2_and_http11_by_alpn() {
+    let faults = causeway::faults::start(causeway::faults::FaultsOptions::loopback())
+        .await
+        .expect("faults");
+    let dir = std::env::temp_dir().join(format!("causeway-tls-listen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    let cert = params.self_signed(&key).expect("self-signed cert");
+    std::fs::write(dir.join("cert.pem"), cert.pem()).expect("write cert");
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write key");
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n{}",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display(),
+        single(&faults.http.to_string(), "")
+    );
+    let proxy = start_proxy(&config).await;
+    let addr = proxy.tcp_addr().expect("tcp");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("trust our cert");
+    for (alpn, expect_h2) in [(b"h2".to_vec(), true), (b"http/1.1".to_vec(), false)] {
+        let mut client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+        client.alpn_protocols = vec![alpn];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake with causeway");
+        let negotiated_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        assert_eq!(negotiated_h2, expect_h2);
+        let status = if negotiated_h2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .expect("h2 handshake");
+            tokio::spawn(conn);
+            let request = Request::get("https://localhost/ok")
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            sender
+                .send_request(request)
+                .await
+                .expect("response")
+                .status()
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .expect("h1 handshake");
+            tokio::spawn(conn);
+            let request = Request::get("/ok")
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            sender
+                .send_request(request)
+                .await
+                .expect("response")
+                .status()
+        };
+        assert_eq!(status, StatusCode::OK);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
