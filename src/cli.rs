@@ -188,6 +188,9 @@ pub async fn run(path: PathBuf, config: Config) -> ExitCode {
     for bound in &running.bound {
         tracing::info!(listen = ?bound, "causeway listening");
     }
+    if let Some(admin) = running.admin {
+        tracing::info!(listen = %admin, "admin listening: /metrics /healthz /upstreams");
+    }
     let (mut term, mut int, mut hup, mut usr1) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

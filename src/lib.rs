@@ -20,6 +20,7 @@
 // per failed attempt, never on the success path, so its size costs nothing that matters.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod cause;
 pub mod classify;
 pub mod cli;
@@ -29,6 +30,7 @@ pub mod fastcgi;
 pub mod faults;
 pub mod headers;
 pub mod log;
+pub mod metrics;
 pub mod proxy;
 pub mod resolve;
 pub mod respond;

@@ -104,6 +104,7 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
+    crate::metrics::global().request_started();
     let server_config = &state.config.server;
     let peer_ip = client.peer.map(|p| p.ip());
     let trusted = headers::is_trusted(peer_ip, &server_config.trusted_proxies);
@@ -169,7 +170,7 @@ async fn handle(
     };
     let upstream = state.upstreams[index].clone();
     if let Some(r) = guard.record.as_mut() {
-        r.upstream = Some(upstream.name.to_string());
+        r.upstream = Some(upstream.name.clone());
     }
 
     // Declared body too large: refuse before reading any of it.
@@ -630,6 +631,10 @@ impl LogOnEnd {
                 if let Some(failure) = end.failure.take() {
                     record.cause = Some(failure.cause);
                     record.complete = false;
+                    if let Some(upstream) = &record.upstream {
+                        let server = record.server.as_deref().unwrap_or("");
+                        crate::metrics::global().attempt_failed(upstream, server, failure.cause);
+                    }
                     tracing::warn!(
                         cause = %failure.cause,
                         upstream = record.upstream.as_deref().unwrap_or(""),

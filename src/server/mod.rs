@@ -39,6 +39,8 @@ pub enum Bound {
 /// A running proxy: its listeners, its state, and the handles to stop it.
 pub struct Running {
     pub bound: Vec<Bound>,
+    /// The admin listener's address, when `[admin]` is configured.
+    pub admin: Option<SocketAddr>,
     pub state: Arc<ArcSwap<State>>,
     pub access: AccessLog,
     stop_accepting: CancellationToken,
@@ -89,8 +91,13 @@ pub async fn start(state: State, access: AccessLog) -> io::Result<Running> {
             }
         }
     }
+    let admin = match &state.load().config.admin {
+        Some(admin) => Some(crate::admin::bind(admin.listen)?),
+        None => None,
+    };
     let running = Running {
         bound,
+        admin: admin.as_ref().map(|l| l.local_addr()).transpose()?,
         state: state.clone(),
         access: access.clone(),
         stop_accepting: CancellationToken::new(),
@@ -114,6 +121,11 @@ pub async fn start(state: State, access: AccessLog) -> io::Result<Running> {
             handshake_timeout: server_config.request_header_timeout,
         };
         running.background.spawn(accept.run(listener));
+    }
+    if let Some(listener) = admin {
+        let (stop, tasks) = (running.stop_accepting.clone(), running.background.clone());
+        let serve = crate::admin::serve(listener, state.clone(), stop, tasks);
+        running.background.spawn(serve);
     }
     // Idle upstream connections past their expiry are closed even when no request comes.
     let sweeper_state = state.clone();
@@ -143,6 +155,10 @@ impl Running {
     pub fn swap(&self, state: State) {
         if state.config.server.listen != self.state.load().config.server.listen {
             tracing::warn!("reload: listen addresses changed; restart causeway to apply them");
+        }
+        let admin = |s: &State| s.config.admin.as_ref().map(|a| a.listen);
+        if admin(&state) != admin(&self.state.load()) {
+            tracing::warn!("reload: [admin] listen changed; restart causeway to apply it");
         }
         self.state.store(Arc::new(state));
     }

@@ -97,6 +97,9 @@ pub async fn send_with_retries(upstream: &Upstream, request: Request<RequestBody
         let (error, unsent) = match result {
             Ok(response) => {
                 server.health.record_success();
+                if let Some(header) = timings.header {
+                    crate::metrics::global().header_received(&upstream.name, header);
+                }
                 attempts.push(Attempt {
                     server: server.addr.clone(),
                     cause: None,
@@ -119,6 +122,7 @@ pub async fn send_with_retries(upstream: &Upstream, request: Request<RequestBody
             elapsed,
         });
         if error.cause.info().proxy_status.is_some() {
+            crate::metrics::global().server_failed(&upstream.name, &server.addr, error.cause);
             tracing::warn!(
                 cause = %error.cause,
                 upstream = %upstream.name,
@@ -160,6 +164,7 @@ pub async fn send_with_retries(upstream: &Upstream, request: Request<RequestBody
             force_fresh = true;
             upstream.races_absorbed.fetch_add(1, Ordering::Relaxed);
             upstream.retries.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::global().retried(&upstream.name, true);
             tried.clear(); // the same server is fine: only the connection was bad
             next = again;
             continue;
@@ -171,6 +176,7 @@ pub async fn send_with_retries(upstream: &Upstream, request: Request<RequestBody
             && again.is_some();
         if may_retry && upstream.budget().withdraw() {
             upstream.retries.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::global().retried(&upstream.name, false);
             tried.push(server.addr.clone());
             next = again;
             continue;

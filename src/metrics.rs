@@ -1,0 +1,403 @@
+//! Prometheus metrics (DESIGN.md section 7): one registry for the whole process.
+//!
+//! Counters and histograms live in [`global()`] and are counted where things happen: a request
+//! when its access-log line is written, a failed attempt beside its WARN line in `retry`, the
+//! header time when an attempt succeeds. Labels are names (upstream, server, cause), never
+//! indexes into a config, so a SIGHUP reload just keeps counting. What describes the current
+//! state (server up, idle and active connections) is read from the [`State`] at scrape time.
+//! Label sets hold `Arc<str>`, `u16` and [`Cause`]: counting allocates nothing on the success
+//! path beyond a reference count.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::{text, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+
+use crate::cause::Cause;
+use crate::config::ServerAddr;
+use crate::log::AccessRecord;
+use crate::state::State;
+
+/// The media type of what [`Metrics::render`] writes. Prometheus asks for it and parses it.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds of `causeway_upstream_header_seconds`, from a fast API to a slow PHP page.
+const HEADER_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The `route` label: the upstream a request was routed to, or `none`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Route(pub Option<Arc<str>>);
+
+impl EncodeLabelValue for Route {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0.as_deref().unwrap_or("none"))
+    }
+}
+
+impl EncodeLabelValue for Cause {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.name())
+    }
+}
+
+/// `causeway_requests_total{route,status}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: Route,
+    pub status: u16,
+}
+
+/// Labels of the per-route byte counters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: Route,
+}
+
+/// Labels of per-upstream series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: Arc<str>,
+}
+
+/// Labels of per-server series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub upstream: Arc<str>,
+    pub server: Arc<str>,
+}
+
+/// `causeway_upstream_failures_total{upstream,server,cause}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub upstream: Arc<str>,
+    pub server: Arc<str>,
+    pub cause: Cause,
+}
+
+type HistogramFamily = Family<UpstreamLabels, Histogram, fn() -> Histogram>;
+
+/// Every process-wide series, and the registry that encodes them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_bytes: Family<RouteLabels, Counter>,
+    response_bytes: Family<RouteLabels, Counter>,
+    in_flight: Gauge,
+    failures: Family<FailureLabels, Counter>,
+    header_seconds: HistogramFamily,
+    retries: Family<UpstreamLabels, Counter>,
+    races_absorbed: Family<UpstreamLabels, Counter>,
+}
+
+/// The metrics of this process, created on first use.
+pub fn global() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every family registered and no series yet.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "causeway_requests",
+            "Requests answered, by route (the upstream, or none) and the status the client got",
+            requests.clone(),
+        );
+        let request_bytes = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "causeway_request_bytes",
+            "Request body bytes received from clients",
+            request_bytes.clone(),
+        );
+        let response_bytes = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "causeway_response_bytes",
+            "Response body bytes sent to clients",
+            response_bytes.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "causeway_requests_in_flight",
+            "Requests received whose response has not ended yet",
+            in_flight.clone(),
+        );
+        let failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "causeway_upstream_failures",
+            "Failed upstream attempts, by cause (DESIGN.md section 4)",
+            failures.clone(),
+        );
+        let header_seconds: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(HEADER_BUCKETS));
+        registry.register(
+            "causeway_upstream_header_seconds",
+            "Seconds from the request sent to the complete response head, successful attempts",
+            header_seconds.clone(),
+        );
+        let retries = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "causeway_retries",
+            "Attempts sent again after a failed one (keep-alive races included)",
+            retries.clone(),
+        );
+        let races_absorbed = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "causeway_keepalive_races_absorbed",
+            "Requests sent again on a fresh connection after a reused one was closed under them",
+            races_absorbed.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_bytes,
+            response_bytes,
+            in_flight,
+            failures,
+            header_seconds,
+            retries,
+            races_absorbed,
+        }
+    }
+
+    /// A request arrived: in flight until its access-log line is written.
+    pub fn request_started(&self) {
+        self.in_flight.inc();
+    }
+
+    /// A request ended; `record` is its access-log line, written exactly once per request.
+    pub fn request_logged(&self, record: &AccessRecord) {
+        self.in_flight.dec();
+        let route = Route(record.upstream.clone());
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                status: record.status,
+            })
+            .inc();
+        let labels = RouteLabels { route };
+        if record.bytes_in > 0 {
+            self.request_bytes
+                .get_or_create(&labels)
+                .inc_by(record.bytes_in);
+        }
+        if record.bytes_out > 0 {
+            self.response_bytes
+                .get_or_create(&labels)
+                .inc_by(record.bytes_out);
+        }
+    }
+
+    /// One failed attempt against `server` (any phase, the body phase included).
+    pub fn attempt_failed(&self, upstream: &Arc<str>, server: &str, cause: Cause) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                upstream: upstream.clone(),
+                server: Arc::from(server),
+                cause,
+            })
+            .inc();
+    }
+
+    /// Like [`Metrics::attempt_failed`], with the server as its config address.
+    pub fn server_failed(&self, upstream: &Arc<str>, server: &ServerAddr, cause: Cause) {
+        self.attempt_failed(upstream, &server.to_string(), cause);
+    }
+
+    /// A successful attempt's time from request sent to response head.
+    pub fn header_received(&self, upstream: &Arc<str>, elapsed: Duration) {
+        self.header_seconds
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// An attempt is being sent again; `race` when it is the keep-alive race being absorbed.
+    pub fn retried(&self, upstream: &Arc<str>, race: bool) {
+        let labels = UpstreamLabels {
+            upstream: upstream.clone(),
+        };
+        self.retries.get_or_create(&labels).inc();
+        if race {
+            self.races_absorbed.get_or_create(&labels).inc();
+        }
+    }
+
+    /// The whole exposition: the process-wide series, then those read from `state` (server up,
+    /// idle and active connections), then the OpenMetrics `# EOF`.
+    pub fn render(&self, state: &State) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail; an encoder error would be a bug in a label.
+        let encoded = text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| text::encode_registry(&mut out, &state_registry(state)))
+            .and_then(|()| text::encode_eof(&mut out));
+        if let Err(e) = encoded {
+            let _ = writeln!(out, "# causeway: encoding failed: {e}");
+        }
+        out
+    }
+}
+
+/// Gauges that describe the state right now, built for one scrape.
+fn state_registry(state: &State) -> Registry {
+    let mut registry = Registry::default();
+    let up = Family::<ServerLabels, Gauge>::default();
+    let idle = Family::<ServerLabels, Gauge>::default();
+    let active = Family::<ServerLabels, Gauge>::default();
+    let now = Instant::now();
+    for upstream in &state.upstreams {
+        for server in &upstream.servers {
+            let labels = ServerLabels {
+                upstream: upstream.name.clone(),
+                server: Arc::from(server.addr.to_string()),
+            };
+            up.get_or_create(&labels)
+                .set(i64::from(server.health.is_up(now)));
+            idle.get_or_create(&labels)
+                .set(gauge_value(server.pool.idle_count()));
+            active
+                .get_or_create(&labels)
+                .set(gauge_value(server.active.load(Ordering::Relaxed)));
+        }
+    }
+    registry.register(
+        "causeway_upstream_server_up",
+        "1 if the server may be picked, 0 while passive health marks it down",
+        up,
+    );
+    registry.register(
+        "causeway_upstream_idle_connections",
+        "Idle keep-alive connections in the server's pool",
+        idle,
+    );
+    registry.register(
+        "causeway_upstream_active_requests",
+        "Requests using a connection to the server right now",
+        active,
+    );
+    registry
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(config: &str) -> State {
+        let config = crate::config::parse(config, std::path::Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        State::build(config).expect("state builds")
+    }
+
+    const CONFIG: &str = "[server]\nlisten = [\"127.0.0.1:0\"]\n\
+        [upstreams.app]\nservers = [\"127.0.0.1:1\", \"unix:/run/app.sock\"]\n\
+        [[routes]]\npath = \"/\"\nupstream = \"app\"\n";
+
+    #[test]
+    fn cause_label_is_its_contract_name_and_route_defaults_to_none() {
+        let metrics = Metrics::new();
+        let app: Arc<str> = Arc::from("app");
+        metrics.attempt_failed(&app, "127.0.0.1:1", Cause::ConnectRefused);
+        metrics.attempt_failed(&app, "127.0.0.1:1", Cause::ConnectRefused);
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                route: Route(None),
+                status: 404,
+            })
+            .inc();
+        let text = metrics.render(&state(CONFIG));
+        assert!(
+            text.contains(
+                "causeway_upstream_failures_total{upstream=\"app\",server=\"127.0.0.1:1\",cause=\"connect_refused\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("causeway_requests_total{route=\"none\",status=\"404\"} 1"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn state_gauges_name_every_server() {
+        let text = Metrics::new().render(&state(CONFIG));
+        for server in ["127.0.0.1:1", "unix:/run/app.sock"] {
+            assert!(
+                text.contains(&format!(
+                    "causeway_upstream_server_up{{upstream=\"app\",server=\"{server}\"}} 1"
+                )),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!(
+                    "causeway_upstream_idle_connections{{upstream=\"app\",server=\"{server}\"}} 0"
+                )),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_seconds_is_a_histogram_per_upstream() {
+        let metrics = Metrics::new();
+        metrics.header_received(&Arc::from("app"), Duration::from_millis(30));
+        let text = metrics.render(&state(CONFIG));
+        assert!(
+            text.contains("# TYPE causeway_upstream_header_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "causeway_upstream_header_seconds_bucket{le=\"0.05\",upstream=\"app\"} 1"
+            ) || text.contains(
+                "causeway_upstream_header_seconds_bucket{upstream=\"app\",le=\"0.05\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("causeway_upstream_header_seconds_count{upstream=\"app\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn retries_and_races_count_separately() {
+        let metrics = Metrics::new();
+        let app: Arc<str> = Arc::from("app");
+        metrics.retried(&app, false);
+        metrics.retried(&app, true);
+        let text = metrics.render(&state(CONFIG));
+        assert!(
+            text.contains("causeway_retries_total{upstream=\"app\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("causeway_keepalive_races_absorbed_total{upstream=\"app\"} 1"),
+            "{text}"
+        );
+    }
+}
