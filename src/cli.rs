@@ -36,6 +36,19 @@ pub enum Command {
         #[arg(short, long, default_value = "causeway.toml", env = "CAUSEWAY_CONFIG")]
         config: PathBuf,
     },
+    /// Probe every server of every (or one) upstream: resolve, connect, TLS, one request.
+    /// Prints a checklist with the cause and a fix hint of the first failing step; exits 1 if
+    /// any server fails, 2 if the config is invalid or names no such upstream.
+    Diagnose {
+        /// Config file.
+        #[arg(short, long, default_value = "causeway.toml", env = "CAUSEWAY_CONFIG")]
+        config: PathBuf,
+        /// Only this upstream's servers.
+        upstream: Option<String>,
+        /// Print JSON instead of the checklist.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a deliberately broken upstream that reproduces each failure on its own path.
     Faults {
         /// Plain HTTP listener.
@@ -57,6 +70,11 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run_blocking(&config),
+        Command::Diagnose {
+            config,
+            upstream,
+            json,
+        } => diagnose(&config, upstream.as_deref(), json),
         Command::Faults {
             listen,
             tls_listen,
@@ -91,6 +109,52 @@ fn faults(listen: SocketAddr, tls_listen: SocketAddr, dir: Option<PathBuf>) -> E
             eprintln!("faults: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `causeway diagnose`: the checklist (or JSON) on stdout; exit 1 if any server fails, 2 if
+/// nothing could be probed.
+fn diagnose(path: &Path, upstream: Option<&str>, json: bool) -> ExitCode {
+    use std::io::IsTerminal;
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: configuration is not valid; nothing probed",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match runtime.block_on(crate::diagnose::run(config, upstream)) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("causeway diagnose: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!("{:#}", crate::diagnose::render_json(&report));
+    } else {
+        // Colours only for a person at a terminal, and never with NO_COLOR (no-color.org).
+        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        print!("{}", crate::diagnose::render_text(&report, color));
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

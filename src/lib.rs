@@ -26,6 +26,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod diagnose;
 pub mod fastcgi;
 pub mod faults;
 pub mod headers;

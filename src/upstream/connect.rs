@@ -97,30 +97,60 @@ impl Connector {
             ServerAddr::Unix(path) => self.connect_unix(path, addr, deadline).await?,
             ServerAddr::Ip(socket) => self.connect_tcp(&[*socket], addr, deadline).await?,
             ServerAddr::Name { host, port } => {
-                let addrs = match timeout_at(deadline, self.resolver.resolve(host, *port)).await {
-                    Ok(Ok(addrs)) => addrs,
-                    Ok(Err(e)) => return Err(classify::dns_error(e, host)),
-                    Err(_) => {
-                        return Err(UpstreamError::new(
-                            Cause::DnsTimeout,
-                            format!(
-                            "dns lookup of \"{host}\" not answered within the connect timeout ({})",
-                            fmt_duration(self.connect_timeout)
-                        ),
-                        ))
-                    }
-                };
+                let addrs = self.resolve(host, *port, deadline).await?;
                 self.connect_tcp(&addrs, addr, deadline).await?
             }
         };
-        let stream = match &self.tls {
-            None => plain,
-            Some(tls) => self.handshake_tls(tls, plain, addr, deadline).await?,
-        };
+        let stream = self.tls(plain, addr, deadline).await?;
         Ok(Counted::new(stream))
     }
 
-    async fn connect_tcp(
+    /// The DNS step of [`Connector::open`], public so `diagnose` can time each step.
+    pub async fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+        deadline: Instant,
+    ) -> Result<Vec<SocketAddr>, UpstreamError> {
+        match timeout_at(deadline, self.resolver.resolve(host, port)).await {
+            Ok(Ok(addrs)) => Ok(addrs),
+            Ok(Err(e)) => Err(classify::dns_error(e, host)),
+            Err(_) => Err(UpstreamError::new(
+                Cause::DnsTimeout,
+                format!(
+                    "dns lookup of \"{host}\" not answered within the connect timeout ({})",
+                    fmt_duration(self.connect_timeout)
+                ),
+            )),
+        }
+    }
+
+    /// The TLS step of [`Connector::open`]: a handshake when the protocol uses TLS, else the
+    /// stream unchanged.
+    pub async fn tls(
+        &self,
+        plain: Stream,
+        server: &ServerAddr,
+        deadline: Instant,
+    ) -> Result<Stream, UpstreamError> {
+        match &self.tls {
+            None => Ok(plain),
+            Some(tls) => self.handshake_tls(tls, plain, server, deadline).await,
+        }
+    }
+
+    /// The name sent as SNI and checked in the certificate: `tls.server_name`, else the
+    /// server's host, else `localhost`.
+    pub fn tls_name(&self, server: &ServerAddr) -> String {
+        self.tls
+            .as_ref()
+            .and_then(|tls| tls.server_name.clone())
+            .or_else(|| server.host())
+            .unwrap_or_else(|| "localhost".to_string())
+    }
+
+    /// The TCP step of [`Connector::open`]: the first of `addrs` that accepts.
+    pub async fn connect_tcp(
         &self,
         addrs: &[SocketAddr],
         server: &ServerAddr,
@@ -143,7 +173,8 @@ impl Connector {
         Err(classify::connect_error(error, server))
     }
 
-    async fn connect_unix(
+    /// The unix-socket step of [`Connector::open`].
+    pub async fn connect_unix(
         &self,
         path: &Path,
         server: &ServerAddr,
@@ -163,11 +194,7 @@ impl Connector {
         server: &ServerAddr,
         deadline: Instant,
     ) -> Result<Stream, UpstreamError> {
-        let name = tls
-            .server_name
-            .clone()
-            .or_else(|| server.host())
-            .unwrap_or_else(|| "localhost".to_string());
+        let name = self.tls_name(server);
         let server_name = ServerName::try_from(name.clone()).map_err(|e| {
             UpstreamError::new(
                 Cause::TlsHandshakeFailed,
