@@ -13,8 +13,10 @@
 //!    error page; [`log`] writes one access-log line per request when its body ends.
 //!
 //! [`config`] loads and validates the TOML; [`state`] compiles it into what requests use and
-//! is swapped atomically on reload. [`faults`] is a deliberately broken upstream for tests and
-//! `causeway demo`.
+//! is swapped atomically on reload. [`metrics`] counts requests and failures where they
+//! happen, and [`admin`] serves them with `/healthz` and `/upstreams`. [`diagnose`] probes
+//! servers with the same connect steps and classifier. [`faults`] is a deliberately broken
+//! upstream for tests and `causeway demo`.
 
 // `UpstreamError` is deliberately rich (cause, server, detail, hint, source): it is built once
 // per failed attempt, never on the success path, so its size costs nothing that matters.

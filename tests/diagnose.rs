@@ -297,3 +297,100 @@ fn invalid_config_exits_2_with_its_errors() {
     assert_has(&err, "bad.toml:3:1:");
     assert_has(&err, "nothing probed");
 }
+
+/// Runs `causeway diagnose -c FILE` with `config` written into `dir`.
+fn diagnose_config(dir: &TempDir, config: &str) -> (i32, String, String) {
+    let path = dir.join("causeway.toml");
+    std::fs::write(&path, config).expect("write the config");
+    let path = path.display().to_string();
+    let (status, out, err) = run_to_end(&["diagnose", "-c", &path]);
+    (status.code().unwrap_or(-1), out, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_socket_shows_owner_and_mode() {
+    let faults = faults::start(FaultsOptions::loopback())
+        .await
+        .expect("faults server starts");
+    let Some(socket) = faults.permission_denied_socket.clone() else {
+        eprintln!("skipped: running as root, which ignores socket modes (EACCES cannot happen)");
+        return;
+    };
+    let dir = TempDir::new("diagnose-denied");
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstreams.denied]\nservers = [\"unix:{}\"]\n[[routes]]\npath = \"/\"\nupstream = \"denied\"\n",
+        socket.display()
+    );
+    let (code, out, err) = tokio::task::spawn_blocking(move || diagnose_config(&dir, &config))
+        .await
+        .expect("diagnose ran");
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert_has(&out, "FAILED: socket_permission_denied");
+    assert_has(&out, "socket s--------- ");
+    assert_has(&out, "may NOT connect: no write permission");
+    assert_has(&out, "`listen.owner` / `listen.mode`");
+}
+
+/// A PHP-FPM pool on a unix socket in `dir`, stopped on drop.
+struct PhpFpm(std::process::Child);
+
+impl Drop for PhpFpm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn php_fpm_binary() -> Option<std::path::PathBuf> {
+    ["/usr/sbin/php-fpm8.2", "/usr/sbin/php-fpm"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+}
+
+#[test]
+fn php_fpm_answers_get_values() {
+    let Some(binary) = php_fpm_binary() else {
+        eprintln!("skipped: php-fpm8.2 is not installed (apt-get install -y php8.2-fpm)");
+        return;
+    };
+    let dir = TempDir::new("diagnose-fpm");
+    let socket = dir.join("fpm.sock");
+    let conf = dir.join("fpm.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[global]\nerror_log = {log}\ndaemonize = no\n[www]\nuser = nobody\ngroup = nogroup\nlisten = {socket}\npm = static\npm.max_children = 1\n",
+            log = dir.join("fpm.log").display(),
+            socket = socket.display()
+        ),
+    )
+    .expect("write fpm.conf");
+    let child = std::process::Command::new(binary)
+        .args(["--allow-to-run-as-root", "--nodaemonize", "--fpm-config"])
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start php-fpm");
+    let _fpm = PhpFpm(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "php-fpm did not create {} within 10 s: {}",
+            socket.display(),
+            std::fs::read_to_string(dir.join("fpm.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstreams.php]\nservers = [\"unix:{}\"]\nprotocol = \"fastcgi\"\nfastcgi = {{ root = \"{}\" }}\n[[routes]]\npath = \"/\"\nupstream = \"php\"\n",
+        socket.display(),
+        dir.path.display()
+    );
+    let (code, out, err) = diagnose_config(&dir, &config);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_has(&out, "✓ request");
+    assert_has(&out, "FastCGI GET_VALUES answered: FCGI_MPXS_CONNS=0");
+}
