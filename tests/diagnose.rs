@@ -394,3 +394,26 @@ fn php_fpm_answers_get_values() {
     assert_has(&out, "✓ request");
     assert_has(&out, "FastCGI GET_VALUES answered: FCGI_MPXS_CONNS=0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_status_other_than_expected_fails_without_a_cause() {
+    let faults = faults::start(FaultsOptions::loopback())
+        .await
+        .expect("faults server starts");
+    let dir = TempDir::new("diagnose-status");
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstreams.sick]\nservers = [\"{}\"]\nhealth = {{ check = {{ path = \"/status/503\" }} }}\n[[routes]]\npath = \"/\"\nupstream = \"sick\"\n",
+        faults.http
+    );
+    let (code, out, err) = tokio::task::spawn_blocking(move || diagnose_config(&dir, &config))
+        .await
+        .expect("diagnose ran");
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert_has(&out, "FAILED at request");
+    assert_has(&out, "✗ request");
+    assert_has(
+        &out,
+        "GET /status/503 → 503 Service Unavailable (health.check expects 200)",
+    );
+    assert_has(&out, "cause: none: this is the server's own answer");
+}

@@ -347,13 +347,13 @@ async fn http_request(
     let summary = format!("GET {path} → {} {reason}", status.as_u16());
     match check {
         Some(check) if status.as_u16() != check.expect_status => Ok(Answer::Unexpected {
+            summary: format!("{summary} (health.check expects {})", check.expect_status),
             detail: format!(
                 "{} answered {} to GET {path}; health.check expects {}",
                 server.addr,
                 status.as_u16(),
                 check.expect_status
             ),
-            summary,
         }),
         _ => Ok(Answer::Fine(summary)),
     }
