@@ -28,6 +28,7 @@ pub mod demo;
 pub mod fastcgi;
 pub mod faults;
 pub mod headers;
+pub mod idle;
 pub mod log;
 pub mod proxy;
 pub mod resolve;

@@ -22,11 +22,12 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::cause::{Cause, CLIENT_CLOSED_REQUEST};
 use crate::classify;
 use crate::headers::{self, X_REQUEST_ID};
+use crate::idle::IdleTimer;
 use crate::log::{AccessLog, AccessRecord};
 use crate::respond::{self, ErrorContext};
 use crate::state::State;
@@ -109,7 +110,8 @@ async fn handle(
     let trusted = headers::is_trusted(peer_ip, &server_config.trusted_proxies);
     let request_id = headers::request_id(request.headers(), server_config.trust_request_id);
     let host = effective_host(&request);
-    let record = AccessRecord {
+    // Built only when it will be written: `access_log = "off"` costs nothing per request.
+    let record = access.is_enabled().then(|| AccessRecord {
         time: SystemTime::now(),
         request_id: request_id.clone(),
         client: client
@@ -139,9 +141,9 @@ async fn handle(
         referer: header_string(&request, header::REFERER),
         user_agent: header_string(&request, header::USER_AGENT),
         fastcgi_stderr: None,
-    };
+    });
     let mut guard = LogGuard {
-        record: Some(record),
+        record,
         access: access.clone(),
         started,
         bytes_in: None,
@@ -666,6 +668,8 @@ pub struct ProxyBody {
     bytes_out: u64,
 }
 
+// The relayed body is the common case; boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Inner {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
@@ -765,8 +769,7 @@ impl Drop for ProxyBody {
 pub struct ClientBody {
     incoming: Incoming,
     limit: u64,
-    idle_timeout: Duration,
-    idle: Pin<Box<Sleep>>,
+    idle: IdleTimer,
     received: Arc<AtomicU64>,
 }
 
@@ -780,8 +783,7 @@ impl ClientBody {
         ClientBody {
             incoming,
             limit,
-            idle_timeout,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle: IdleTimer::new(idle_timeout),
             received,
         }
     }
@@ -813,15 +815,14 @@ impl Body for ClientBody {
                         }))));
                     }
                 }
-                let deadline = Instant::now() + this.idle_timeout;
-                this.idle.as_mut().reset(deadline);
+                this.idle.progress();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(Box::new(ClientBodyError::Aborted)))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.idle.as_mut().poll(cx) {
+            Poll::Pending => match this.idle.poll_expired(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ClientBodyError::Timeout {
-                    idle: this.idle_timeout,
+                    idle: this.idle.timeout(),
                 })))),
                 Poll::Pending => Poll::Pending,
             },

@@ -5,7 +5,6 @@
 //! hyper aborts the client connection instead of ending the body cleanly), and hands the
 //! connection back to the pool only when the body ended cleanly.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
@@ -14,7 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
 
 use super::connect::fmt_duration;
 use super::exchange::{Conn, KeepAlive};
@@ -23,6 +21,7 @@ use super::{Server, UpstreamError};
 use crate::cause::Cause;
 use crate::classify;
 use crate::fastcgi::FastCgiBody;
+use crate::idle::IdleTimer;
 
 /// Margin subtracted from an upstream's `Keep-Alive: timeout`, as Node's own HTTP agent does
 /// (nodejs/node PR #59315): reuse must end before the server's close is even possible.
@@ -86,7 +85,7 @@ impl Source {
 pub struct UpstreamBody {
     incoming: Source,
     read_timeout: Duration,
-    idle: Pin<Box<Sleep>>,
+    idle: IdleTimer,
     pool: Option<ReturnToPool>,
     _permit: Permit,
     end: Arc<Mutex<BodyEnd>>,
@@ -125,7 +124,7 @@ impl UpstreamBody {
         let mut body = UpstreamBody {
             incoming,
             read_timeout,
-            idle: Box::pin(tokio::time::sleep(read_timeout)),
+            idle: IdleTimer::new(read_timeout),
             pool: Some(pool),
             _permit: permit,
             end: Arc::new(Mutex::new(BodyEnd::default())),
@@ -177,8 +176,7 @@ impl Body for UpstreamBody {
         }
         match this.incoming.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = Instant::now() + this.read_timeout;
-                this.idle.as_mut().reset(deadline);
+                this.idle.progress();
                 if let Some(data) = frame.data_ref() {
                     if let Ok(mut end) = this.end.lock() {
                         end.bytes += data.len() as u64;
@@ -195,7 +193,7 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(this.record_failure(error)))),
             Poll::Pending => {
-                ready!(this.idle.as_mut().poll(cx));
+                ready!(this.idle.poll_expired(cx));
                 let error = UpstreamError::new(
                     Cause::BodyTimeout,
                     format!(
