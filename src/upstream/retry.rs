@@ -96,7 +96,9 @@ pub async fn send_with_retries(upstream: &Upstream, request: Request<RequestBody
         let elapsed = started.elapsed();
         let (error, unsent) = match result {
             Ok(response) => {
-                server.health.record_success();
+                if server.health.record_success() == Transition::CameBack {
+                    tracing::info!(upstream = %upstream.name, server = %server.addr, "server back up: a request succeeded");
+                }
                 attempts.push(Attempt {
                     server: server.addr.clone(),
                     cause: None,
