@@ -54,6 +54,11 @@ pub struct ClientInfo {
     pub tls: bool,
 }
 
+/// The HTTP version the client spoke (the upstream request's own version may differ): FastCGI
+/// reports it as SERVER_PROTOCOL.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientVersion(pub http::Version);
+
 /// The service for one client connection.
 #[derive(Clone)]
 pub struct Proxy {
@@ -205,6 +210,9 @@ async fn handle(
     } else {
         None
     };
+    // From the body, not the headers: an HTTP/2 body may have neither Content-Length nor
+    // Transfer-Encoding, and is empty only when the stream ended with the headers.
+    let bodyless = incoming.is_end_stream();
     let bytes_in = Arc::new(AtomicU64::new(0));
     guard.bytes_in = Some(bytes_in.clone());
     let client_body = ClientBody::new(
@@ -220,9 +228,7 @@ async fn handle(
         .config
         .fastcgi
         .as_ref()
-        .filter(|_| {
-            !is_bodyless(&parts.headers) && !parts.headers.contains_key(header::CONTENT_LENGTH)
-        })
+        .filter(|_| !bodyless && !parts.headers.contains_key(header::CONTENT_LENGTH))
         .map(|f| f.max_spool_body as usize);
     let buffer_limit = spool_limit.unwrap_or(upstream.config.retry.max_replay_body);
     let buffer_whole = spool_limit.is_some()
@@ -271,7 +277,7 @@ async fn handle(
                 );
             }
         },
-        None if is_bodyless(&parts.headers) => RequestBody::empty(),
+        None if bodyless => RequestBody::empty(),
         None => RequestBody::streaming(BoxBody::new(client_body)),
     };
 
@@ -311,6 +317,7 @@ async fn handle(
         .extensions
         .insert(RequestId(Arc::from(request_id.as_str())));
     parts.extensions.insert(client.clone());
+    parts.extensions.insert(ClientVersion(client_version));
     let upstream_request = Request::from_parts(parts, body);
 
     let outcome: Outcome = upstream.send(upstream_request).await;
@@ -437,13 +444,6 @@ fn replayable_length(headers: &http::HeaderMap, exact: Option<u64>, max: usize) 
         .and_then(|v| v.trim().parse::<u64>().ok())
         .or(exact)?;
     (length > 0 && length <= max as u64).then_some(length)
-}
-
-fn is_bodyless(headers: &http::HeaderMap) -> bool {
-    !headers.contains_key(header::TRANSFER_ENCODING)
-        && headers
-            .get(header::CONTENT_LENGTH)
-            .is_none_or(|v| v.as_bytes() == b"0")
 }
 
 fn header_string<B>(request: &Request<B>, name: header::HeaderName) -> Option<String> {

@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::connect::fmt_duration;
+use super::connect::{Counted, Stream};
 use super::exchange::{Conn, KeepAlive};
 use super::pool::Permit;
 use super::{Server, UpstreamError};
@@ -22,6 +23,7 @@ use crate::cause::Cause;
 use crate::classify;
 use crate::fastcgi::FastCgiBody;
 use crate::idle::IdleTimer;
+use tokio::sync::oneshot;
 
 /// Margin subtracted from an upstream's `Keep-Alive: timeout`, as Node's own HTTP agent does
 /// (nodejs/node PR #59315): reuse must end before the server's close is even possible.
@@ -31,6 +33,8 @@ pub const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
 pub struct ReturnToPool {
     /// `None` when the response said the connection cannot be reused.
     pub conn: Option<Conn>,
+    /// A FastCGI transport coming back after END_REQUEST (`fastcgi.keep_conn`).
+    pub fastcgi: Option<oneshot::Receiver<Counted<Stream>>>,
     pub keep_alive: KeepAlive,
     pub server: Arc<Server>,
 }
@@ -147,12 +151,22 @@ impl UpstreamBody {
             end.complete = true;
         }
         if let Some(ReturnToPool {
-            conn: Some(conn),
+            conn,
+            fastcgi,
             keep_alive,
             server,
         }) = self.pool.take()
         {
-            server.pool.checkin(conn, keep_alive);
+            if let Some(conn) = conn {
+                server.pool.checkin(conn, keep_alive);
+            }
+            // The codec hands the transport over before it reports the end of the body, so it
+            // is back in the pool before this request's `max_conns` slot is released.
+            if let Some(mut returned) = fastcgi {
+                if let Ok(io) = returned.try_recv() {
+                    server.pool.checkin_raw(io);
+                }
+            }
         }
     }
 }

@@ -200,5 +200,8 @@ fn replay_of(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
     if let Some(client) = request.extensions().get::<crate::proxy::ClientInfo>() {
         copy.extensions_mut().insert(client.clone());
     }
+    if let Some(version) = request.extensions().get::<crate::proxy::ClientVersion>() {
+        copy.extensions_mut().insert(*version);
+    }
     Some(copy)
 }
