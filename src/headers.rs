@@ -103,7 +103,44 @@ pub fn request_id(headers: &HeaderMap, trust: bool) -> String {
             }
         }
     }
-    uuid::Uuid::now_v7().to_string()
+    new_request_id()
+}
+
+/// A UUID v7 (RFC 9562: millisecond timestamp, then random bits), so ids sort by time.
+///
+/// `Uuid::now_v7()` asks the kernel for randomness on every call (one `getrandom` syscall per
+/// request, measured); request ids need uniqueness, not secrecy, so the random part comes from
+/// a per-thread SplitMix64 generator seeded once from the OS.
+pub fn new_request_id() -> String {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(seed());
+    }
+    fn seed() -> u64 {
+        // RandomState's keys come from the OS; hashing nothing extracts them.
+        let state = std::collections::hash_map::RandomState::new();
+        std::hash::Hasher::finish(&std::hash::BuildHasher::build_hasher(&state))
+    }
+    fn next(state: &Cell<u64>) -> u64 {
+        // SplitMix64 (Steele, Lea, Flood 2014): full period, good avalanche.
+        let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let (a, b) = STATE.with(|state| (next(state), next(state)));
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&a.to_le_bytes());
+    random[8..].copy_from_slice(&b.to_le_bytes()[..2]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 /// Whether `peer` may set forwarding headers that we pass on.
@@ -259,6 +296,11 @@ mod tests {
         assert_eq!(kept, "abc");
         let replaced = request_id(&map(&[("x-request-id", "bad id")]), true);
         assert_eq!(replaced.len(), 36);
+        let parsed = uuid::Uuid::parse_str(&replaced).expect("a UUID");
+        assert_eq!(parsed.get_version_num(), 7);
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 10_000, "no repeats");
         let untrusted = request_id(&map(&[("x-request-id", "abc")]), false);
         assert_ne!(untrusted, "abc");
     }

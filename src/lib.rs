@@ -32,6 +32,7 @@ pub mod diagnose;
 pub mod fastcgi;
 pub mod faults;
 pub mod headers;
+pub mod idle;
 pub mod log;
 pub mod metrics;
 pub mod proxy;

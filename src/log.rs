@@ -61,6 +61,11 @@ impl AccessLog {
         }
     }
 
+    /// Whether lines are written at all (`access_log = "off"` skips building them).
+    pub fn is_enabled(&self) -> bool {
+        !matches!(&*self.sink, Sink::Off)
+    }
+
     /// The lines written so far to a memory log (empty for other sinks).
     pub fn lines(&self) -> Vec<String> {
         match &*self.sink {

@@ -22,11 +22,12 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::cause::{Cause, CLIENT_CLOSED_REQUEST};
 use crate::classify;
 use crate::headers::{self, X_REQUEST_ID};
+use crate::idle::IdleTimer;
 use crate::log::{AccessLog, AccessRecord};
 use crate::respond::{self, ErrorContext};
 use crate::state::State;
@@ -52,6 +53,11 @@ pub struct ClientInfo {
     pub local: Option<SocketAddr>,
     pub tls: bool,
 }
+
+/// The HTTP version the client spoke (the upstream request's own version may differ): FastCGI
+/// reports it as SERVER_PROTOCOL.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientVersion(pub http::Version);
 
 /// The service for one client connection.
 #[derive(Clone)]
@@ -110,7 +116,8 @@ async fn handle(
     let trusted = headers::is_trusted(peer_ip, &server_config.trusted_proxies);
     let request_id = headers::request_id(request.headers(), server_config.trust_request_id);
     let host = effective_host(&request);
-    let record = AccessRecord {
+    // Built only when it will be written: `access_log = "off"` costs nothing per request.
+    let record = access.is_enabled().then(|| AccessRecord {
         time: SystemTime::now(),
         request_id: request_id.clone(),
         client: client
@@ -140,9 +147,9 @@ async fn handle(
         referer: header_string(&request, header::REFERER),
         user_agent: header_string(&request, header::USER_AGENT),
         fastcgi_stderr: None,
-    };
+    });
     let mut guard = LogGuard {
-        record: Some(record),
+        record,
         access: access.clone(),
         started,
         bytes_in: None,
@@ -204,6 +211,9 @@ async fn handle(
     } else {
         None
     };
+    // From the body, not the headers: an HTTP/2 body may have neither Content-Length nor
+    // Transfer-Encoding, and is empty only when the stream ended with the headers.
+    let bodyless = incoming.is_end_stream();
     let bytes_in = Arc::new(AtomicU64::new(0));
     guard.bytes_in = Some(bytes_in.clone());
     let client_body = ClientBody::new(
@@ -219,9 +229,7 @@ async fn handle(
         .config
         .fastcgi
         .as_ref()
-        .filter(|_| {
-            !is_bodyless(&parts.headers) && !parts.headers.contains_key(header::CONTENT_LENGTH)
-        })
+        .filter(|_| !bodyless && !parts.headers.contains_key(header::CONTENT_LENGTH))
         .map(|f| f.max_spool_body as usize);
     let buffer_limit = spool_limit.unwrap_or(upstream.config.retry.max_replay_body);
     let buffer_whole = spool_limit.is_some()
@@ -270,7 +278,7 @@ async fn handle(
                 );
             }
         },
-        None if is_bodyless(&parts.headers) => RequestBody::empty(),
+        None if bodyless => RequestBody::empty(),
         None => RequestBody::streaming(BoxBody::new(client_body)),
     };
 
@@ -310,6 +318,7 @@ async fn handle(
         .extensions
         .insert(RequestId(Arc::from(request_id.as_str())));
     parts.extensions.insert(client.clone());
+    parts.extensions.insert(ClientVersion(client_version));
     let upstream_request = Request::from_parts(parts, body);
 
     let outcome: Outcome = upstream.send(upstream_request).await;
@@ -436,13 +445,6 @@ fn replayable_length(headers: &http::HeaderMap, exact: Option<u64>, max: usize) 
         .and_then(|v| v.trim().parse::<u64>().ok())
         .or(exact)?;
     (length > 0 && length <= max as u64).then_some(length)
-}
-
-fn is_bodyless(headers: &http::HeaderMap) -> bool {
-    !headers.contains_key(header::TRANSFER_ENCODING)
-        && headers
-            .get(header::CONTENT_LENGTH)
-            .is_none_or(|v| v.as_bytes() == b"0")
 }
 
 fn header_string<B>(request: &Request<B>, name: header::HeaderName) -> Option<String> {
@@ -671,6 +673,8 @@ pub struct ProxyBody {
     bytes_out: u64,
 }
 
+// The relayed body is the common case; boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Inner {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
@@ -770,8 +774,7 @@ impl Drop for ProxyBody {
 pub struct ClientBody {
     incoming: Incoming,
     limit: u64,
-    idle_timeout: Duration,
-    idle: Pin<Box<Sleep>>,
+    idle: IdleTimer,
     received: Arc<AtomicU64>,
 }
 
@@ -785,8 +788,7 @@ impl ClientBody {
         ClientBody {
             incoming,
             limit,
-            idle_timeout,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle: IdleTimer::new(idle_timeout),
             received,
         }
     }
@@ -818,15 +820,14 @@ impl Body for ClientBody {
                         }))));
                     }
                 }
-                let deadline = Instant::now() + this.idle_timeout;
-                this.idle.as_mut().reset(deadline);
+                this.idle.progress();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(Box::new(ClientBodyError::Aborted)))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.idle.as_mut().poll(cx) {
+            Poll::Pending => match this.idle.poll_expired(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ClientBodyError::Timeout {
-                    idle: this.idle_timeout,
+                    idle: this.idle.timeout(),
                 })))),
                 Poll::Pending => Poll::Pending,
             },

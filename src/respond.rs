@@ -370,6 +370,42 @@ mod tests {
     }
 
     #[test]
+    fn custom_pages_fill_placeholders_and_respect_expose() {
+        let mut errors = errors(Expose::Cause);
+        errors.pages.insert(
+            502,
+            "<h1>{status}</h1><p>{cause}</p><p>{request_id}</p>".into(),
+        );
+        let context = ErrorContext {
+            request_id: "r<1>",
+            upstream: None,
+            attempts: 1,
+            errors: &errors,
+            accept: None,
+        };
+        let response = error_response(&refused(), &context);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(
+            response.body().as_ref(),
+            b"<h1>502</h1><p>connect_refused</p><p>r&lt;1&gt;</p>"
+        );
+        let mut hidden = errors.clone();
+        hidden.expose = Expose::None;
+        let context = ErrorContext {
+            errors: &hidden,
+            ..context
+        };
+        let response = error_response(&refused(), &context);
+        assert_eq!(
+            response.body().as_ref(),
+            b"<h1>502</h1><p></p><p>r&lt;1&gt;</p>"
+        );
+    }
+
+    #[test]
     fn service_unavailable_carries_retry_after() {
         let errors = errors(Expose::Cause);
         let context = ErrorContext {

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Config;
 use crate::resolve::{Resolver, ResolverSettings};
 use crate::route;
@@ -18,6 +20,14 @@ pub struct State {
     pub routes: route::Table,
     /// In config order: `config::Route::upstream` indexes into it.
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Stops this state's active health checks when it is replaced or dropped.
+    checks: CancellationToken,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        self.checks.cancel();
+    }
 }
 
 impl State {
@@ -37,10 +47,17 @@ impl State {
                     .map_err(|e| -> BoxError { format!("upstream \"{}\": {e}", u.name).into() })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let checks = CancellationToken::new();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            for upstream in &upstreams {
+                crate::upstream::health::spawn_active_checks(upstream, checks.clone());
+            }
+        }
         Ok(State {
             routes: route::Table::new(&config.routes),
             upstreams,
             config,
+            checks,
         })
     }
 

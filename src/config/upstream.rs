@@ -107,6 +107,16 @@ pub(super) fn upstream(ctx: &mut Ctx<'_>, name: &Text, raw: &Spanned<RawUpstream
         }
         *max.get_ref()
     });
+    if let (Some(table), Some(settings), None) = (&raw.fastcgi, &fastcgi, max_conns) {
+        if settings.keep_conn {
+            ctx.error(
+                table.span(),
+                format!(
+                    "{key}.fastcgi.keep_conn: a kept connection pins a PHP-FPM worker; set {key}.max_conns (at most pm.max_children) so excess requests queue in causeway"
+                ),
+            );
+        }
+    }
     Upstream {
         name: name.get_ref().clone(),
         servers,

@@ -5,7 +5,6 @@
 //! hyper aborts the client connection instead of ending the body cleanly), and hands the
 //! connection back to the pool only when the body ended cleanly.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
@@ -14,15 +13,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
 
 use super::connect::fmt_duration;
+use super::connect::{Counted, Stream};
 use super::exchange::{Conn, KeepAlive};
 use super::pool::Permit;
 use super::{Server, UpstreamError};
 use crate::cause::Cause;
 use crate::classify;
 use crate::fastcgi::FastCgiBody;
+use crate::idle::IdleTimer;
+use tokio::sync::oneshot;
 
 /// Margin subtracted from an upstream's `Keep-Alive: timeout`, as Node's own HTTP agent does
 /// (nodejs/node PR #59315): reuse must end before the server's close is even possible.
@@ -32,6 +33,8 @@ pub const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
 pub struct ReturnToPool {
     /// `None` when the response said the connection cannot be reused.
     pub conn: Option<Conn>,
+    /// A FastCGI transport coming back after END_REQUEST (`fastcgi.keep_conn`).
+    pub fastcgi: Option<oneshot::Receiver<Counted<Stream>>>,
     pub keep_alive: KeepAlive,
     pub server: Arc<Server>,
 }
@@ -86,7 +89,7 @@ impl Source {
 pub struct UpstreamBody {
     incoming: Source,
     read_timeout: Duration,
-    idle: Pin<Box<Sleep>>,
+    idle: IdleTimer,
     pool: Option<ReturnToPool>,
     _permit: Permit,
     end: Arc<Mutex<BodyEnd>>,
@@ -125,7 +128,7 @@ impl UpstreamBody {
         let mut body = UpstreamBody {
             incoming,
             read_timeout,
-            idle: Box::pin(tokio::time::sleep(read_timeout)),
+            idle: IdleTimer::new(read_timeout),
             pool: Some(pool),
             _permit: permit,
             end: Arc::new(Mutex::new(BodyEnd::default())),
@@ -148,12 +151,22 @@ impl UpstreamBody {
             end.complete = true;
         }
         if let Some(ReturnToPool {
-            conn: Some(conn),
+            conn,
+            fastcgi,
             keep_alive,
             server,
         }) = self.pool.take()
         {
-            server.pool.checkin(conn, keep_alive);
+            if let Some(conn) = conn {
+                server.pool.checkin(conn, keep_alive);
+            }
+            // The codec hands the transport over before it reports the end of the body, so it
+            // is back in the pool before this request's `max_conns` slot is released.
+            if let Some(mut returned) = fastcgi {
+                if let Ok(io) = returned.try_recv() {
+                    server.pool.checkin_raw(io);
+                }
+            }
         }
     }
 }
@@ -177,8 +190,7 @@ impl Body for UpstreamBody {
         }
         match this.incoming.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = Instant::now() + this.read_timeout;
-                this.idle.as_mut().reset(deadline);
+                this.idle.progress();
                 if let Some(data) = frame.data_ref() {
                     if let Ok(mut end) = this.end.lock() {
                         end.bytes += data.len() as u64;
@@ -195,7 +207,7 @@ impl Body for UpstreamBody {
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(this.record_failure(error)))),
             Poll::Pending => {
-                ready!(this.idle.as_mut().poll(cx));
+                ready!(this.idle.poll_expired(cx));
                 let error = UpstreamError::new(
                     Cause::BodyTimeout,
                     format!(

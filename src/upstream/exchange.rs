@@ -356,6 +356,7 @@ pub async fn send(
         config.timeouts.read,
         super::body::ReturnToPool {
             conn: reusable.then_some(conn),
+            fastcgi: None,
             keep_alive,
             server,
         },

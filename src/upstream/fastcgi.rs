@@ -3,8 +3,10 @@
 //! The codec and the exchange live in `crate::fastcgi`; this file adds what belongs to the
 //! upstream side: the connect step (shared with HTTP), the `write` and `header` timeouts as a
 //! watchdog that names its phase, and classification of `FastCgiError` through `classify`.
-//! One connection per request (`fastcgi.keep_conn = false`, nginx's default) because a kept
-//! connection pins a PHP-FPM worker; the socket is closed as soon as END_REQUEST arrives.
+//! One connection per request by default (`fastcgi.keep_conn = false`, like nginx) because a
+//! kept connection pins a PHP-FPM worker; the socket is closed as soon as END_REQUEST arrives.
+//! With `keep_conn` (which requires `max_conns`), the transport returns to the pool after a
+//! clean END_REQUEST, and the warmest one is reused first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,19 +85,38 @@ pub async fn attempt(
             });
         }
     };
-    let started = Instant::now();
-    let deadline = started + config.timeouts.connect;
-    let io = match upstream.connector.open(&server.addr, deadline).await {
-        Ok(io) => io,
-        Err(error) => {
-            let error = error.at(&server.addr);
-            return Err(Failed {
-                error,
-                unsent: Some(request),
-            });
+    let keep_conn = fastcgi_config.keep_conn;
+    let pooled = if keep_conn {
+        server.pool.checkout_raw()
+    } else {
+        None
+    };
+    let (io, reuse) = match pooled {
+        Some((io, idle)) => (io, Reuse::Pooled { idle }),
+        None => {
+            let started = Instant::now();
+            let deadline = started + config.timeouts.connect;
+            match upstream.connector.open(&server.addr, deadline).await {
+                Ok(io) => {
+                    timings.connect = Some(started.elapsed());
+                    (io, Reuse::Fresh)
+                }
+                Err(error) => {
+                    let error = error.at(&server.addr);
+                    return Err(Failed {
+                        error,
+                        unsent: Some(request),
+                    });
+                }
+            }
         }
     };
-    timings.connect = Some(started.elapsed());
+    let (give_back, returned) = if keep_conn {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
 
     let content_length = request
         .headers()
@@ -113,7 +134,7 @@ pub async fn attempt(
     let sent_at = Instant::now();
     let outcome = tokio::select! {
         biased;
-        result = fastcgi::send(io, fastcgi_request, &exchange, None) => Ok(result),
+        result = fastcgi::send(io, fastcgi_request, &exchange, give_back) => Ok(result),
         stalled = watchdog(&exchange, config.timeouts) => Err(stalled),
     };
     let sent = if exchange.request_written() {
@@ -127,6 +148,23 @@ pub async fn attempt(
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
             let mut error = classify::fastcgi_error(&e, &server.addr).with_source(e);
+            if reuse.is_reused()
+                && exchange.bytes_received() == 0
+                && error.cause.counts_against_server()
+            {
+                // A kept connection PHP-FPM closed while it sat idle (a worker recycled by
+                // pm.max_requests, or a restart): the keep-alive race, not a failure.
+                error = UpstreamError::new(
+                    Cause::StaleConnection,
+                    format!(
+                        "reused FastCGI connection to {} (idle {} ms) was closed before any response byte",
+                        server.addr,
+                        reuse.idle_ms()
+                    ),
+                )
+                .with_hint("PHP-FPM closed a kept connection (pm.max_requests, a reload): retried on a fresh one when safe");
+            }
+            error.reuse = reuse;
             error.sent = sent;
             log_stderr(&exchange, upstream, server, &error, &request_id);
             return Err(Failed {
@@ -151,6 +189,7 @@ pub async fn attempt(
         config.timeouts.read,
         ReturnToPool {
             conn: None,
+            fastcgi: returned,
             keep_alive: KeepAlive {
                 reusable: false,
                 timeout: None,
@@ -160,7 +199,7 @@ pub async fn attempt(
         },
         permit,
     );
-    Ok((Response::from_parts(parts, body), Reuse::Fresh))
+    Ok((Response::from_parts(parts, body), reuse))
 }
 
 /// The CGI environment for `request` (already rewritten for the upstream hop).
@@ -191,7 +230,10 @@ fn build_params(
     let meta = fastcgi::RequestMeta {
         method: request.method(),
         target,
-        version: request.version(),
+        version: request
+            .extensions()
+            .get::<crate::proxy::ClientVersion>()
+            .map_or(request.version(), |v| v.0),
         headers: request.headers(),
         authority: &authority,
         client: client.and_then(|c| c.peer),

@@ -3,14 +3,20 @@
 //! Upstream-side failures (never client causes, never an upstream's own 4xx/5xx answer) are
 //! counted in a `fail_timeout` window; `max_fails` of them mark the server down for
 //! `fail_timeout`. `balance` skips down servers; when all are down the answer is 503
-//! `no_healthy_upstream` with `Retry-After` from [`ServerHealth::down_until`].
+//! `no_healthy_upstream` with `Retry-After` from [`ServerHealth::down_until`]. Optional active
+//! checks (`health.check`) probe each server on a timer and feed the same state.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use http::Request;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
+use super::exchange::{RequestBody, Sender};
+use super::{Reuse, Sent, Server, Upstream, UpstreamError};
 use crate::cause::Cause;
+use crate::config::{HealthCheck, Protocol};
 
 /// Health bookkeeping for one server.
 #[derive(Debug)]
@@ -31,12 +37,14 @@ pub struct HealthState {
     pub last_failure: Option<SystemTime>,
 }
 
-/// What a recorded failure did to the server.
+/// What a recorded outcome did to the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transition {
     Unchanged,
     /// This failure marked the server down.
     WentDown,
+    /// This success ended a down period (early, by an active check, or after it).
+    CameBack,
 }
 
 impl ServerHealth {
@@ -94,18 +102,146 @@ impl ServerHealth {
         Transition::Unchanged
     }
 
-    /// A successful exchange resets the failure count.
-    pub fn record_success(&self) {
-        if let Ok(mut state) = self.state.lock() {
-            state.fails = 0;
-            state.window_start = None;
-            state.down_until = None;
+    /// A successful exchange resets the failure count and ends a down period.
+    pub fn record_success(&self) -> Transition {
+        let Ok(mut state) = self.state.lock() else {
+            return Transition::Unchanged;
+        };
+        state.fails = 0;
+        state.window_start = None;
+        match state.down_until.take() {
+            Some(_) => Transition::CameBack,
+            None => Transition::Unchanged,
         }
     }
 
     /// A copy of the current state.
     pub fn snapshot(&self) -> HealthState {
         self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Runs `health.check` against every server of `upstream` every `interval` until `stop`: a
+/// passing check brings a down server back early, a failing one counts like a failed request
+/// (so `max_fails` failed checks take a server out before a client hits it).
+pub fn spawn_active_checks(upstream: &Arc<Upstream>, stop: CancellationToken) {
+    let Some(check) = upstream.config.health.check.clone() else {
+        return;
+    };
+    for server in &upstream.servers {
+        let upstream = upstream.clone();
+        let server = server.clone();
+        let check = check.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(check.interval) => {}
+                }
+                let result = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    result = probe(&upstream, &server, &check) => result,
+                };
+                report(&upstream, &server, result);
+            }
+        });
+    }
+}
+
+/// One check: a fresh connection (never a pooled one) and `GET path`, or for FastCGI
+/// upstreams the connect alone.
+async fn probe(
+    upstream: &Upstream,
+    server: &Server,
+    check: &HealthCheck,
+) -> Result<(), UpstreamError> {
+    if upstream.config.protocol == Protocol::FastCgi {
+        let deadline = Instant::now() + upstream.config.timeouts.connect;
+        return upstream
+            .connector
+            .open(&server.addr, deadline)
+            .await
+            .map(drop);
+    }
+    let mut conn = upstream.connector.connect(&server.addr, false).await?;
+    let host = server
+        .addr
+        .host()
+        .unwrap_or_else(|| "localhost".to_string());
+    let request = Request::get(check.path.as_str())
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, "causeway-health-check")
+        .body(RequestBody::empty())
+        .map_err(|e| {
+            UpstreamError::new(
+                Cause::InvalidResponse,
+                format!("bad health check path: {e}"),
+            )
+        })?;
+    let sent = async {
+        match &mut conn.sender {
+            Sender::H1(sender) => sender.send_request(request).await,
+            Sender::H2(sender) => sender.send_request(request).await,
+        }
+    };
+    let response = match tokio::time::timeout(upstream.config.timeouts.header, sent).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            let context = crate::classify::ExchangeContext {
+                reuse: Reuse::Fresh,
+                server: server.addr.clone(),
+                method: http::Method::GET,
+            };
+            return Err(crate::classify::exchange_error(e, &context, Sent::All, 0));
+        }
+        Err(_) => {
+            return Err(UpstreamError::new(
+                Cause::HeaderTimeout,
+                format!(
+                    "health check {} got no response head within timeouts.header",
+                    check.path
+                ),
+            ))
+        }
+    };
+    if response.status().as_u16() == check.expect_status {
+        Ok(())
+    } else {
+        // A wrong status is not an upstream *failure* cause; count it as the server refusing
+        // service, which is what the check is for.
+        Err(UpstreamError::new(
+            Cause::InvalidResponse,
+            format!(
+                "health check GET {} answered {} (expected {})",
+                check.path,
+                response.status().as_u16(),
+                check.expect_status
+            ),
+        ))
+    }
+}
+
+fn report(upstream: &Upstream, server: &Server, result: Result<(), UpstreamError>) {
+    match result {
+        Ok(()) => {
+            if server.health.record_success() == Transition::CameBack {
+                tracing::info!(upstream = %upstream.name, server = %server.addr, "server back up: active health check passed");
+            }
+        }
+        Err(error) => {
+            tracing::debug!(upstream = %upstream.name, server = %server.addr, cause = %error.cause, "health check failed: {}", error.detail);
+            if server.health.record_failure(error.cause) == Transition::WentDown {
+                tracing::warn!(
+                    upstream = %upstream.name,
+                    server = %server.addr,
+                    cause = %error.cause,
+                    "server marked down for {}s: active health check failed: {}",
+                    upstream.config.health.fail_timeout.as_secs(),
+                    error.detail
+                );
+            }
+        }
     }
 }
 

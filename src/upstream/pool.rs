@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::body::KEEP_ALIVE_MARGIN;
+use super::connect::{Counted, Stream};
 use super::exchange::{Conn, KeepAlive, Sender};
 use super::Reuse;
 use crate::config;
@@ -20,7 +21,15 @@ use crate::config;
 pub struct Pool {
     settings: config::Pool,
     idle: Mutex<Vec<Idle>>,
+    /// Idle raw transports of FastCGI servers with `fastcgi.keep_conn`.
+    raw_idle: Mutex<Vec<RawIdle>>,
     limit: Option<Arc<Semaphore>>,
+}
+
+struct RawIdle {
+    io: Counted<Stream>,
+    since: Instant,
+    expires: Instant,
 }
 
 struct Idle {
@@ -56,6 +65,7 @@ impl Pool {
         Pool {
             settings,
             idle: Mutex::new(Vec::new()),
+            raw_idle: Mutex::new(Vec::new()),
             limit: max_conns.map(|n| Arc::new(Semaphore::new(n))),
         }
     }
@@ -156,17 +166,55 @@ impl Pool {
         });
     }
 
-    /// Closes idle connections that expired, so they do not hold sockets open until the next
-    /// checkout. Called periodically.
+    /// Takes the most recently used idle FastCGI transport, with how long it sat idle.
+    /// Most recent first: a kept connection pins a PHP-FPM worker, so reusing the warm one
+    /// keeps the number of pinned workers at the number of concurrent requests.
+    pub fn checkout_raw(&self) -> Option<(Counted<Stream>, Duration)> {
+        let now = Instant::now();
+        let mut idle = self.raw_idle.lock().ok()?;
+        while let Some(entry) = idle.pop() {
+            if entry.expires > now {
+                return Some((entry.io, now.saturating_duration_since(entry.since)));
+            }
+        }
+        None
+    }
+
+    /// Keeps a FastCGI transport after a clean END_REQUEST on a kept connection.
+    pub fn checkin_raw(&self, io: Counted<Stream>) {
+        if self.settings.max_idle_per_server == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let Ok(mut idle) = self.raw_idle.lock() else {
+            return;
+        };
+        idle.retain(|e| e.expires > now);
+        if idle.len() >= self.settings.max_idle_per_server {
+            idle.remove(0);
+        }
+        idle.push(RawIdle {
+            io,
+            since: now,
+            expires: now + self.settings.idle_timeout,
+        });
+    }
+
+    /// Closes idle connections that expired, so they do not hold sockets open (or PHP-FPM
+    /// workers pinned) until the next checkout. Called periodically.
     pub fn sweep(&self) {
         let now = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
             idle.retain(|e| e.expires > now && e.conn.is_open());
+        }
+        if let Ok(mut idle) = self.raw_idle.lock() {
+            idle.retain(|e| e.expires > now);
         }
     }
 
     /// Idle connections right now.
     pub fn idle_count(&self) -> usize {
         self.idle.lock().map(|idle| idle.len()).unwrap_or(0)
+            + self.raw_idle.lock().map(|idle| idle.len()).unwrap_or(0)
     }
 }

@@ -96,7 +96,9 @@ pub async fn send_with_retries(upstream: &Upstream, request: Request<RequestBody
         let elapsed = started.elapsed();
         let (error, unsent) = match result {
             Ok(response) => {
-                server.health.record_success();
+                if server.health.record_success() == Transition::CameBack {
+                    tracing::info!(upstream = %upstream.name, server = %server.addr, "server back up: a request succeeded");
+                }
                 if let Some(header) = timings.header {
                     crate::metrics::global().header_received(&upstream.name, header);
                 }
@@ -203,6 +205,9 @@ fn replay_of(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
     }
     if let Some(client) = request.extensions().get::<crate::proxy::ClientInfo>() {
         copy.extensions_mut().insert(client.clone());
+    }
+    if let Some(version) = request.extensions().get::<crate::proxy::ClientVersion>() {
+        copy.extensions_mut().insert(*version);
     }
     Some(copy)
 }
