@@ -87,8 +87,6 @@ impl AccessLog {
 
     /// Writes one record.
     pub fn write(&self, record: &AccessRecord) {
-        // Every request ends here exactly once, so this is where it is counted.
-        crate::metrics::global().request_logged(record);
         if matches!(&*self.sink, Sink::Off) {
             return;
         }
@@ -136,8 +134,7 @@ pub struct AccessRecord {
     /// What the upstream sent; `None` when causeway generated the response.
     pub upstream_status: Option<u16>,
     pub cause: Option<Cause>,
-    /// The upstream group's name (shared with it: no copy per request).
-    pub upstream: Option<Arc<str>>,
+    pub upstream: Option<String>,
     pub server: Option<String>,
     pub attempts: Vec<Attempt>,
     pub connect: Option<Duration>,

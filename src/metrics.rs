@@ -1,16 +1,17 @@
 //! Prometheus metrics (DESIGN.md section 7): one registry for the whole process.
 //!
 //! Counters and histograms live in [`global()`] and are counted where things happen: a request
-//! when its access-log line is written, a failed attempt beside its WARN line in `retry`, the
-//! header time when an attempt succeeds. Labels are names (upstream, server, cause), never
+//! by a [`RequestTally`] that `proxy` carries from its arrival to the end of its response body
+//! (whether or not an access log is written), a failed attempt beside its WARN line in `retry`,
+//! the header time when an attempt succeeds. Labels are names (upstream, server, cause), never
 //! indexes into a config, so a SIGHUP reload just keeps counting. What describes the current
 //! state (server up, idle and active connections) is read from the [`State`] at scrape time.
 //! Label sets hold `Arc<str>`, `u16` and [`Cause`]: counting allocates nothing on the success
 //! path beyond a reference count.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{text, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -21,9 +22,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use crate::cause::Cause;
+use crate::cause::{Cause, CLIENT_CLOSED_REQUEST};
 use crate::config::ServerAddr;
-use crate::log::AccessRecord;
 use crate::state::State;
 
 /// The media type of what [`Metrics::render`] writes. Prometheus asks for it and parses it.
@@ -178,31 +178,20 @@ impl Metrics {
         }
     }
 
-    /// A request arrived: in flight until its access-log line is written.
-    pub fn request_started(&self) {
-        self.in_flight.inc();
-    }
-
-    /// A request ended; `record` is its access-log line, written exactly once per request.
-    pub fn request_logged(&self, record: &AccessRecord) {
-        self.in_flight.dec();
-        let route = Route(record.upstream.clone());
+    /// Counts one answered request and the bytes of its bodies.
+    fn request_done(&self, route: Route, status: u16, bytes_in: u64, bytes_out: u64) {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.clone(),
-                status: record.status,
+                status,
             })
             .inc();
         let labels = RouteLabels { route };
-        if record.bytes_in > 0 {
-            self.request_bytes
-                .get_or_create(&labels)
-                .inc_by(record.bytes_in);
+        if bytes_in > 0 {
+            self.request_bytes.get_or_create(&labels).inc_by(bytes_in);
         }
-        if record.bytes_out > 0 {
-            self.response_bytes
-                .get_or_create(&labels)
-                .inc_by(record.bytes_out);
+        if bytes_out > 0 {
+            self.response_bytes.get_or_create(&labels).inc_by(bytes_out);
         }
     }
 
@@ -254,6 +243,102 @@ impl Metrics {
             let _ = writeln!(out, "# causeway: encoding failed: {e}");
         }
         out
+    }
+}
+
+/// One request's part in the metrics, from its arrival until [`RequestTally::responded`]; then
+/// an [`InFlight`] travels with the response body. Dropped without a response (the client went
+/// away first), it counts the request as 499. Holds references only: nothing is allocated.
+#[derive(Debug)]
+pub struct RequestTally {
+    route: OnceLock<Arc<str>>,
+    bytes_in: OnceLock<Arc<AtomicU64>>,
+    status: OnceLock<u16>,
+    answered: bool,
+}
+
+impl RequestTally {
+    /// A request arrived: it is in flight from now on.
+    pub fn start() -> RequestTally {
+        global().in_flight.inc();
+        RequestTally {
+            route: OnceLock::new(),
+            bytes_in: OnceLock::new(),
+            status: OnceLock::new(),
+            answered: false,
+        }
+    }
+
+    /// The request was routed to `upstream`: the `route` label.
+    pub fn route(&self, upstream: &Arc<str>) {
+        let _ = self.route.set(upstream.clone());
+    }
+
+    /// The counter of request body bytes received from the client.
+    pub fn bytes_in(&self, received: &Arc<AtomicU64>) {
+        let _ = self.bytes_in.set(received.clone());
+    }
+
+    /// The client left before a response: counted as 499 whatever the response says (it is
+    /// never sent), as in the access log.
+    pub fn client_left(&self) {
+        let _ = self.status.set(CLIENT_CLOSED_REQUEST.as_u16());
+    }
+
+    /// The response head is ready: the request is counted in flight until its body ends, by
+    /// the returned [`InFlight`].
+    pub fn responded(mut self, status: http::StatusCode) -> InFlight {
+        self.answered = true;
+        InFlight {
+            route: Route(self.route.take()),
+            status: self.status.get().copied().unwrap_or(status.as_u16()),
+            bytes_in: self.bytes_in.take(),
+            bytes_out: 0,
+        }
+    }
+}
+
+impl Drop for RequestTally {
+    fn drop(&mut self) {
+        if !self.answered {
+            // The request future was dropped: the client went away before any response.
+            drop(InFlight {
+                route: Route(self.route.take()),
+                status: CLIENT_CLOSED_REQUEST.as_u16(),
+                bytes_in: self.bytes_in.take(),
+                bytes_out: 0,
+            });
+        }
+    }
+}
+
+/// A request whose response body is being sent; counted when dropped (body ended, failed, or
+/// the client went away).
+#[derive(Debug)]
+pub struct InFlight {
+    route: Route,
+    status: u16,
+    bytes_in: Option<Arc<AtomicU64>>,
+    bytes_out: u64,
+}
+
+impl InFlight {
+    /// The response body is over after `bytes_out` bytes.
+    pub fn end(mut self, bytes_out: u64) {
+        self.bytes_out = bytes_out;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let metrics = global();
+        metrics.in_flight.dec();
+        let bytes_in = self
+            .bytes_in
+            .as_ref()
+            .map_or(0, |b| b.load(Ordering::Relaxed));
+        let route = std::mem::replace(&mut self.route, Route(None));
+        metrics.request_done(route, self.status, bytes_in, self.bytes_out);
     }
 }
 
@@ -381,6 +466,56 @@ mod tests {
         assert!(
             text.contains("causeway_upstream_header_seconds_count{upstream=\"app\"} 1"),
             "{text}"
+        );
+    }
+
+    fn global_count(name: &str, labels: &str) -> Option<String> {
+        let text = global().render(&state(CONFIG));
+        let prefix = format!("{name}{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    #[test]
+    fn a_request_counts_when_its_body_ends_with_its_route_and_bytes() {
+        let tally = RequestTally::start();
+        tally.route(&Arc::from("tally_ok"));
+        tally.bytes_in(&Arc::new(AtomicU64::new(7)));
+        let in_flight = tally.responded(http::StatusCode::OK);
+        let requests = "route=\"tally_ok\",status=\"200\"";
+        assert_eq!(global_count("causeway_requests_total", requests), None);
+        in_flight.end(10);
+        assert_eq!(
+            global_count("causeway_requests_total", requests).as_deref(),
+            Some("1")
+        );
+        let route = "route=\"tally_ok\"";
+        assert_eq!(
+            global_count("causeway_request_bytes_total", route).as_deref(),
+            Some("7")
+        );
+        assert_eq!(
+            global_count("causeway_response_bytes_total", route).as_deref(),
+            Some("10")
+        );
+    }
+
+    #[test]
+    fn a_request_dropped_before_its_response_counts_as_499() {
+        let tally = RequestTally::start();
+        tally.route(&Arc::from("tally_gone"));
+        drop(tally);
+        let gone = RequestTally::start();
+        gone.route(&Arc::from("tally_gone"));
+        gone.client_left();
+        gone.responded(http::StatusCode::BAD_REQUEST).end(0);
+        assert_eq!(
+            global_count(
+                "causeway_requests_total",
+                "route=\"tally_gone\",status=\"499\""
+            )
+            .as_deref(),
+            Some("2")
         );
     }
 

@@ -87,7 +87,13 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
         let state = self.state.load_full();
         let access = self.access.clone();
         let client = self.client.clone();
-        Box::pin(async move { Ok(handle(state, access, client, request).await) })
+        Box::pin(async move {
+            let tally = crate::metrics::RequestTally::start();
+            let mut response = handle(state, access, client, request, &tally).await;
+            let in_flight = tally.responded(response.status());
+            response.body_mut().in_flight = Some(in_flight);
+            Ok(response)
+        })
     }
 }
 
@@ -108,9 +114,9 @@ async fn handle(
     access: AccessLog,
     client: ClientInfo,
     request: Request<Incoming>,
+    tally: &crate::metrics::RequestTally,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    crate::metrics::global().request_started();
     let server_config = &state.config.server;
     let peer_ip = client.peer.map(|p| p.ip());
     let trusted = headers::is_trusted(peer_ip, &server_config.trusted_proxies);
@@ -176,8 +182,9 @@ async fn handle(
         return guard.finish_error(&state, error, None, 0, accept.as_ref(), &request_id);
     };
     let upstream = state.upstreams[index].clone();
+    tally.route(&upstream.name);
     if let Some(r) = guard.record.as_mut() {
-        r.upstream = Some(upstream.name.clone());
+        r.upstream = Some(upstream.name.to_string());
     }
 
     // Declared body too large: refuse before reading any of it.
@@ -215,6 +222,7 @@ async fn handle(
     // Transfer-Encoding, and is empty only when the stream ended with the headers.
     let bodyless = incoming.is_end_stream();
     let bytes_in = Arc::new(AtomicU64::new(0));
+    tally.bytes_in(&bytes_in);
     guard.bytes_in = Some(bytes_in.clone());
     let client_body = ClientBody::new(
         incoming,
@@ -266,6 +274,7 @@ async fn handle(
                 };
                 if error.cause == Cause::ClientClosed {
                     guard.client_left(&state, error.cause);
+                    tally.client_left();
                     return empty_response(StatusCode::BAD_REQUEST);
                 }
                 return guard.finish_error(
@@ -334,6 +343,7 @@ async fn handle(
         Err(error) => {
             if error.cause == Cause::ClientClosed {
                 guard.client_left(&state, error.cause);
+                tally.client_left();
                 return empty_response(StatusCode::BAD_REQUEST);
             }
             return guard.finish_error(
@@ -635,7 +645,8 @@ impl LogOnEnd {
                     record.complete = false;
                     if let Some(upstream) = &record.upstream {
                         let server = record.server.as_deref().unwrap_or("");
-                        crate::metrics::global().attempt_failed(upstream, server, failure.cause);
+                        let upstream = Arc::from(upstream.as_str());
+                        crate::metrics::global().attempt_failed(&upstream, server, failure.cause);
                     }
                     tracing::warn!(
                         cause = %failure.cause,
@@ -671,6 +682,8 @@ pub struct ProxyBody {
     inner: Inner,
     log: Option<LogOnEnd>,
     bytes_out: u64,
+    /// Counts the request in the metrics when the body is over.
+    in_flight: Option<crate::metrics::InFlight>,
 }
 
 // The relayed body is the common case; boxing it would cost an allocation per request.
@@ -686,6 +699,7 @@ impl ProxyBody {
             inner: Inner::Upstream(body),
             log,
             bytes_out: 0,
+            in_flight: None,
         }
     }
 
@@ -694,6 +708,7 @@ impl ProxyBody {
             inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
             log,
             bytes_out: 0,
+            in_flight: None,
         };
         if let Inner::Full(Some(bytes)) = &body.inner {
             body.bytes_out = bytes.len() as u64;
@@ -704,6 +719,9 @@ impl ProxyBody {
     fn log_end(&mut self, complete: bool) {
         if let Some(log) = self.log.take() {
             log.write(complete, self.bytes_out);
+        }
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.end(self.bytes_out);
         }
     }
 }

@@ -352,6 +352,51 @@ upstream = "h_down"
 }
 
 #[tokio::test]
+async fn requests_are_counted_with_the_access_log_off() {
+    use causeway::config::{AccessFormat, AccessLogTarget};
+    init_logs();
+    let faults = causeway::faults::start(causeway::faults::FaultsOptions::loopback())
+        .await
+        .expect("faults starts");
+    let text = fill(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess_log = \"off\"\n[upstreams.off_app]\nservers = [\"{faults}\", \"{refused}\"]\nretry = { attempts = 1 }\n[[routes]]\npath = \"/\"\nupstream = \"off_app\"\n",
+        &faults,
+    );
+    let config = causeway::config::parse(&text, Path::new("off.toml")).expect("valid");
+    let access =
+        causeway::log::AccessLog::open(&AccessLogTarget::Off, AccessFormat::Json).expect("log off");
+    let proxy = causeway::server::start(State::build(config).expect("state"), access)
+        .await
+        .expect("proxy starts");
+    let addr = proxy.tcp_addr().expect("tcp");
+    // Round robin over a good and a refused server: one 200 and one 502.
+    let mut statuses = vec![
+        get(addr, "/ok").await.status.as_u16(),
+        get(addr, "/ok").await.status.as_u16(),
+    ];
+    statuses.sort();
+    assert_eq!(statuses, [200, 502]);
+    let admin = proxy.admin.expect("admin");
+    let ok = [("route", "off_app"), ("status", "200")];
+    let failed = [("route", "off_app"), ("status", "502")];
+    let metrics = scrape_until(admin, |m| {
+        sample(m, "causeway_requests_total", &ok).is_some()
+    })
+    .await;
+    assert_eq!(sample(&metrics, "causeway_requests_total", &ok), Some(1.0));
+    assert_eq!(
+        sample(&metrics, "causeway_requests_total", &failed),
+        Some(1.0)
+    );
+    assert!(sample(
+        &metrics,
+        "causeway_response_bytes_total",
+        &[("route", "off_app")]
+    )
+    .is_some_and(|b| b > 0.0));
+}
+
+#[tokio::test]
 async fn healthz_answers_ok_and_admin_is_off_unless_configured() {
     let h = start("[admin]\nlisten = \"127.0.0.1:0\"\n[upstreams.u]\nservers = [\"{faults}\"]\n[[routes]]\npath = \"/\"\nupstream = \"u\"\n").await;
     let reply = get(admin(&h), "/healthz").await;
