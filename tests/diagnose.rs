@@ -2,6 +2,8 @@
 //! in this test process: each broken server gets its cause and fix hint, the exit status says
 //! whether every server passed, and `--json` carries a status per step.
 
+#[path = "common/php.rs"]
+mod php;
 #[path = "common/process.rs"]
 mod process;
 
@@ -331,63 +333,15 @@ async fn unreadable_socket_shows_owner_and_mode() {
     assert_has(&out, "`listen.owner` / `listen.mode`");
 }
 
-/// A PHP-FPM pool on a unix socket in `dir`, stopped on drop.
-struct PhpFpm(std::process::Child);
-
-impl Drop for PhpFpm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn php_fpm_binary() -> Option<std::path::PathBuf> {
-    ["/usr/sbin/php-fpm8.2", "/usr/sbin/php-fpm"]
-        .iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.exists())
-}
-
 #[test]
 fn php_fpm_answers_get_values() {
-    let Some(binary) = php_fpm_binary() else {
-        eprintln!("skipped: php-fpm8.2 is not installed (apt-get install -y php8.2-fpm)");
-        return;
-    };
+    // Like tests/fastcgi.rs: PHP-FPM is required (CI installs it), never skipped.
+    let fpm = php::PhpFpm::start(php::Pool::default());
     let dir = TempDir::new("diagnose-fpm");
-    let socket = dir.join("fpm.sock");
-    let conf = dir.join("fpm.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[global]\nerror_log = {log}\ndaemonize = no\n[www]\nuser = nobody\ngroup = nogroup\nlisten = {socket}\npm = static\npm.max_children = 1\n",
-            log = dir.join("fpm.log").display(),
-            socket = socket.display()
-        ),
-    )
-    .expect("write fpm.conf");
-    let child = std::process::Command::new(binary)
-        .args(["--allow-to-run-as-root", "--nodaemonize", "--fpm-config"])
-        .arg(&conf)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start php-fpm");
-    let _fpm = PhpFpm(child);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "php-fpm did not create {} within 10 s: {}",
-            socket.display(),
-            std::fs::read_to_string(dir.join("fpm.log")).unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
     let config = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstreams.php]\nservers = [\"unix:{}\"]\nprotocol = \"fastcgi\"\nfastcgi = {{ root = \"{}\" }}\n[[routes]]\npath = \"/\"\nupstream = \"php\"\n",
-        socket.display(),
-        dir.path.display()
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstreams.php]\nservers = [\"{}\"]\nprotocol = \"fastcgi\"\nfastcgi = {{ root = \"{}\" }}\n[[routes]]\npath = \"/\"\nupstream = \"php\"\n",
+        fpm.server(),
+        fpm.www.display()
     );
     let (code, out, err) = diagnose_config(&dir, &config);
     assert_eq!(code, 0, "{out}\n{err}");
