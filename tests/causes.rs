@@ -580,3 +580,22 @@ async fn reused_connection_closed_on_a_sent_post_is_stale_connection_not_retried
     assert_eq!(line["attempts"].as_array().map(Vec::len), Some(1), "{line}");
     assert_eq!(line["attempts"][0]["reused"], true);
 }
+
+#[tokio::test]
+async fn a_fully_sent_post_to_a_silent_upstream_is_header_timeout_not_write_timeout() {
+    // The write timeout is shorter: it must stop applying once the whole body was sent.
+    let h = start(&single(
+        "{faults}",
+        "timeouts = { write = \"200ms\", header = \"700ms\" }\nretry = { attempts = 1 }",
+    ))
+    .await;
+    for size in [100, 1 << 20] {
+        let started = std::time::Instant::now();
+        let reply = with_body(h.addr, "POST", "/hang", vec![b'x'; size]).await;
+        assert_failure(&h, &reply, 504, "header_timeout", "http_response_timeout").await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(650),
+            "waited for the header timeout"
+        );
+    }
+}

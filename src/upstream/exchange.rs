@@ -107,10 +107,16 @@ impl Body for RequestBody {
                 .waiting_on_client
                 .store(true, Ordering::Relaxed),
             Poll::Ready(None) => this.progress.finish(),
-            Poll::Ready(Some(_)) => this
-                .progress
-                .waiting_on_client
-                .store(false, Ordering::Relaxed),
+            Poll::Ready(Some(_)) => {
+                this.progress
+                    .waiting_on_client
+                    .store(false, Ordering::Relaxed);
+                // hyper stops polling once `is_end_stream()` says so: the last frame is the
+                // end, and the header timeout starts now, not the write timeout.
+                if this.is_end_stream() {
+                    this.progress.finish();
+                }
+            }
         }
         polled
     }
@@ -522,6 +528,19 @@ mod tests {
                 http::Version::HTTP_10
             )
             .reusable
+        );
+    }
+
+    #[tokio::test]
+    async fn the_last_frame_of_a_body_finishes_it() {
+        let mut body = RequestBody::full(Bytes::from_static(b"abc"));
+        let progress = body.progress();
+        assert!(progress.finished_at().is_none());
+        let frame = body.frame().await;
+        assert!(frame.is_some());
+        assert!(
+            progress.finished_at().is_some(),
+            "hyper never polls past is_end_stream(), so the last frame must mark the end"
         );
     }
 

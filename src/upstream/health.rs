@@ -86,6 +86,14 @@ impl ServerHealth {
         };
         state.last_cause = Some(cause);
         state.last_failure = Some(SystemTime::now());
+        if self.max_fails > 0 && state.down_until.is_some_and(|until| until <= now) {
+            // The server was being tried again after its down period (nginx does the same):
+            // one failure is enough to take it out for another fail_timeout.
+            state.down_until = Some(now + self.fail_timeout);
+            state.window_start = Some(now);
+            state.fails = self.max_fails;
+            return Transition::WentDown;
+        }
         let window_over = state
             .window_start
             .is_none_or(|start| now.saturating_duration_since(start) >= self.fail_timeout);
@@ -264,6 +272,32 @@ mod tests {
         assert!(!health.is_up(Instant::now()));
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(health.is_up(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_retry_after_fail_timeout_marks_down_again_at_once() {
+        let health = ServerHealth::new(3, Duration::from_secs(10));
+        for _ in 0..3 {
+            health.record_failure(Cause::ConnectRefused);
+        }
+        assert!(!health.is_up(Instant::now()));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(
+            health.is_up(Instant::now()),
+            "tried again after fail_timeout"
+        );
+        assert_eq!(
+            health.record_failure(Cause::ConnectRefused),
+            Transition::WentDown
+        );
+        assert!(!health.is_up(Instant::now()));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(health.record_success(), Transition::CameBack);
+        assert_eq!(
+            health.record_failure(Cause::ConnectRefused),
+            Transition::Unchanged,
+            "a full window again"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -242,7 +242,11 @@ impl Upstream {
                 .iter()
                 .filter_map(|s| s.health.down_until())
                 .min()
-                .map(|until| until.saturating_duration_since(now).as_secs().max(1));
+                .map(|until| {
+                    // Rounded up: a client told "4" when 4.9 s remain would come back early.
+                    let left = until.saturating_duration_since(now);
+                    (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1)
+                });
             let mut err = UpstreamError::new(
                 Cause::NoHealthyUpstream,
                 format!(
