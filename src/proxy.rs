@@ -338,6 +338,7 @@ async fn handle(
         r.header = outcome.timings.header;
     }
     let attempts = outcome.attempts.len();
+    let answered_by = outcome.server.clone();
     let mut response = match outcome.result {
         Ok(response) => response,
         Err(error) => {
@@ -377,16 +378,21 @@ async fn handle(
     }
     let end = body.end_handle();
     let stderr = parts.extensions.remove::<crate::fastcgi::StderrLog>();
-    let logged = guard
-        .take_for_body(upstream_status.as_u16())
-        .map(|record| LogOnEnd {
-            record,
-            access,
-            started,
-            end: Some(end),
-            stderr,
-            bytes_in,
-        });
+    // Always present, even with the access log off: a mid-body failure still gets its WARN
+    // line and its failure count when the body ends.
+    let logged = Some(LogOnEnd {
+        record: guard.take_for_body(upstream_status.as_u16()),
+        access,
+        started,
+        end: Some(end),
+        stderr,
+        bytes_in,
+        who: Who {
+            request_id,
+            upstream: Some(upstream.name.clone()),
+            server: answered_by,
+        },
+    });
     Response::from_parts(parts, ProxyBody::upstream(body, logged))
 }
 
@@ -530,12 +536,13 @@ impl LogGuard {
         }
         let (parts, body) = response.into_parts();
         let logged = record.map(|record| LogOnEnd {
-            record,
+            record: Some(record),
             access: self.access.clone(),
             started: self.started,
             end: None,
             stderr: None,
             bytes_in: self.bytes_in.clone().unwrap_or_default(),
+            who: Who::default(),
         });
         Response::from_parts(parts, ProxyBody::full(body, logged))
     }
@@ -560,12 +567,13 @@ impl LogGuard {
             r.complete = true;
         }
         let logged = record.map(|record| LogOnEnd {
-            record,
+            record: Some(record),
             access: self.access.clone(),
             started: self.started,
             end: None,
             stderr: None,
             bytes_in: self.bytes_in.clone().unwrap_or_default(),
+            who: Who::default(),
         });
         let mut response = Response::new(ProxyBody::full(Bytes::from(text), logged));
         *response.status_mut() = status;
@@ -622,58 +630,82 @@ impl Drop for LogGuard {
 
 /// Writes the access-log line when the response body is over.
 struct LogOnEnd {
-    record: AccessRecord,
+    /// `None` when the access log is off.
+    record: Option<AccessRecord>,
     access: AccessLog,
     started: Instant,
     end: Option<Arc<Mutex<BodyEnd>>>,
     /// FastCGI STDERR, complete once the body ended.
     stderr: Option<crate::fastcgi::StderrLog>,
     bytes_in: Arc<AtomicU64>,
+    who: Who,
+}
+
+/// What the error log names for a relayed body, kept apart from the optional access record.
+#[derive(Default)]
+struct Who {
+    request_id: String,
+    upstream: Option<Arc<str>>,
+    server: Option<crate::config::ServerAddr>,
 }
 
 impl LogOnEnd {
     fn write(mut self, complete: bool, bytes_out: u64) {
-        let record = &mut self.record;
-        record.total = self.started.elapsed();
-        record.bytes_out = bytes_out;
-        record.bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        record.complete = complete;
+        let who = &self.who;
+        let upstream = who.upstream.as_deref().unwrap_or("");
+        let server = who
+            .server
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let mut cause = None;
         if let Some(end) = &self.end {
             if let Ok(mut end) = end.lock() {
                 if let Some(failure) = end.failure.take() {
-                    record.cause = Some(failure.cause);
-                    record.complete = false;
-                    if let Some(upstream) = &record.upstream {
-                        let server = record.server.as_deref().unwrap_or("");
-                        let upstream = Arc::from(upstream.as_str());
-                        crate::metrics::global().attempt_failed(&upstream, server, failure.cause);
+                    cause = Some(failure.cause);
+                    if let Some(name) = &who.upstream {
+                        crate::metrics::global().attempt_failed(name, &server, failure.cause);
                     }
                     tracing::warn!(
                         cause = %failure.cause,
-                        upstream = record.upstream.as_deref().unwrap_or(""),
-                        server = record.server.as_deref().unwrap_or(""),
-                        request_id = %record.request_id,
+                        upstream,
+                        server,
+                        request_id = %who.request_id,
                         "{}",
                         failure.detail
                     );
                 }
             }
         }
+        let mut stderr_text = None;
         if let Some(stderr) = self.stderr.as_ref().filter(|s| !s.is_empty()) {
             let text = stderr.text();
             // nginx: `FastCGI sent in stderr: "PHP message: PHP Fatal error: ..."`.
             tracing::warn!(
-                upstream = record.upstream.as_deref().unwrap_or(""),
-                server = record.server.as_deref().unwrap_or(""),
-                request_id = %record.request_id,
+                upstream,
+                server,
+                request_id = %who.request_id,
                 "FastCGI sent in stderr: {text:?}"
             );
-            record.fastcgi_stderr = Some(text);
+            stderr_text = Some(text);
+        }
+        let Some(record) = self.record.as_mut() else {
+            return;
+        };
+        record.total = self.started.elapsed();
+        record.bytes_out = bytes_out;
+        record.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        record.complete = complete && cause.is_none();
+        if cause.is_some() {
+            record.cause = cause;
+        }
+        if stderr_text.is_some() {
+            record.fastcgi_stderr = stderr_text;
         }
         if !complete && record.cause.is_none() {
             record.cause = Some(Cause::ClientClosed);
         }
-        self.access.write(&self.record);
+        self.access.write(record);
     }
 }
 

@@ -599,3 +599,34 @@ async fn a_fully_sent_post_to_a_silent_upstream_is_header_timeout_not_write_time
         );
     }
 }
+
+#[tokio::test]
+async fn body_failures_are_logged_even_with_the_access_log_off() {
+    init_logs();
+    let faults = causeway::faults::start(causeway::faults::FaultsOptions::loopback())
+        .await
+        .expect("faults");
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n{}",
+        single(&faults.http.to_string(), "")
+    );
+    let config = causeway::config::parse(&text, std::path::Path::new("off.toml")).expect("config");
+    let state = causeway::state::State::build(config).expect("state");
+    let off = causeway::log::AccessLog::open(
+        &causeway::config::AccessLogTarget::Off,
+        causeway::config::AccessFormat::Json,
+    )
+    .expect("off log");
+    let proxy = causeway::server::start(state, off).await.expect("proxy");
+    let addr = proxy.tcp_addr().expect("tcp");
+    let reply = get(addr, "/truncate").await;
+    assert!(reply.body.is_err(), "cut body");
+    let id = reply.request_id();
+    for _ in 0..50 {
+        if !error_log_lines(&id).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_warned(&id, "body_truncated");
+}
