@@ -149,3 +149,22 @@ async fn fifty_concurrent_requests_then_fifty_sequential_reuse_the_pool() {
         "only {reused} of 50 sequential requests reused a connection"
     );
 }
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_dropped_not_reused() {
+    // Keep-Alive hints ignored and a long idle timeout: only noticing the close (EOF on the
+    // idle socket) keeps the next request off the dead connection.
+    let h = start(&single(
+        "{faults}",
+        "pool = { idle_timeout = \"60s\", honor_keep_alive = false }\nretry = { attempts = 1, on = [] }",
+    ))
+    .await;
+    assert_ok(&get(h.addr, "/keepalive?timeout=1").await, "first");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reply = get(h.addr, "/ok").await;
+    assert_ok(&reply, "after the upstream closed the idle connection");
+    let attempt = first_attempt(&h, &reply).await;
+    assert_eq!(attempt["reused"], false, "{attempt}");
+    assert!(attempt["cause"].is_null(), "{attempt}");
+    assert_eq!(h.faults.connections_accepted(), 2);
+}
