@@ -161,6 +161,19 @@ async fn handle(
         bytes_in: None,
     };
     let accept = request.headers().get(header::ACCEPT).cloned();
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1 (an absolute-form target may stand in for
+    // it). Two Hosts, or none, would let causeway and the upstream disagree on the authority.
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    let absolute = request.uri().authority().is_some();
+    if hosts > 1 || (hosts == 0 && !absolute && request.version() == http::Version::HTTP_11) {
+        let detail = if hosts > 1 {
+            "more than one Host header (RFC 9112 §3.2)"
+        } else {
+            "HTTP/1.1 request without a Host header (RFC 9112 §3.2)"
+        };
+        return guard.finish_local(StatusCode::BAD_REQUEST, detail, &request_id);
+    }
+
     // Loop: our own pseudonym already in Via.
     if headers::has_our_via(request.headers()) {
         let error = UpstreamError::new(
@@ -311,7 +324,9 @@ async fn handle(
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         parts.headers.insert(&X_REQUEST_ID, value);
     }
-    if !parts.headers.contains_key(header::HOST) {
+    // The authority causeway routed on is the one the upstream sees: an absolute-form target
+    // (or HTTP/2 `:authority`) replaces Host (RFC 9112 §3.2.2), so the two cannot split.
+    if absolute || !parts.headers.contains_key(header::HOST) {
         if let Some(host) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
             parts.headers.insert(header::HOST, host);
         }
@@ -716,6 +731,8 @@ pub struct ProxyBody {
     bytes_out: u64,
     /// Counts the request in the metrics when the body is over.
     in_flight: Option<crate::metrics::InFlight>,
+    /// An upstream body failure held back for one poll, so hyper flushes first.
+    failed: Option<BodyAborted>,
 }
 
 // The relayed body is the common case; boxing it would cost an allocation per request.
@@ -732,6 +749,7 @@ impl ProxyBody {
             log,
             bytes_out: 0,
             in_flight: None,
+            failed: None,
         }
     }
 
@@ -741,6 +759,7 @@ impl ProxyBody {
             log,
             bytes_out: 0,
             in_flight: None,
+            failed: None,
         };
         if let Inner::Full(Some(bytes)) = &body.inner {
             body.bytes_out = bytes.len() as u64;
@@ -776,7 +795,21 @@ impl Body for ProxyBody {
                 }
             },
             Inner::Upstream(body) => {
+                if let Some(failed) = this.failed.take() {
+                    return Poll::Ready(Some(Err(failed)));
+                }
                 let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Err(_))) = &polled {
+                    // hyper drops what it has buffered (the head, the last data) when a body
+                    // fails in the same poll: return Pending once so its dispatcher flushes,
+                    // then the error. The client then sees a head and a cut body, never nothing.
+                    this.log_end(false);
+                    if let Poll::Ready(Some(Err(e))) = polled {
+                        this.failed = Some(e);
+                    }
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {

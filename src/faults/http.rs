@@ -313,6 +313,18 @@ impl<S: Transport> Conn<S> {
         self.flush().await
     }
 
+    /// Stays silent while the peer keeps the connection, discarding what it sends, and returns
+    /// when it closes: a held fault must not pin a socket after the proxy gave up on it.
+    pub(super) async fn hold_until_closed(&mut self) {
+        let mut scratch = [0u8; 8192];
+        loop {
+            match self.stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
     /// Closes with a FIN (TLS: close_notify, then FIN). Afterwards it reads and drops what the
     /// peer still sends for a moment, because closing a socket with unread data makes Linux
     /// send an RST instead (RFC 1122 §4.2.2.13), which would turn a clean close into a reset.

@@ -3,7 +3,6 @@
 //! run the fault, then keep the connection, close it with FIN, reset it, or hold it open.
 //! Byte-level reading and writing lives in `http`; listeners and shutdown live in `mod.rs`.
 
-use std::future;
 use std::io;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -157,8 +156,10 @@ enum After {
     Close,
     /// Close with RST.
     Reset,
-    /// Keep the socket open, silent, until shutdown.
+    /// Keep the socket open and silent until the peer closes it.
     Hold,
+    /// Keep the socket open without reading a byte (so uploads stall), for at most a minute.
+    HoldUnread,
 }
 
 impl Fault {
@@ -272,7 +273,9 @@ pub(super) async fn serve<S: Transport>(stream: S, stats: &Stats) {
             After::Next if req.keep_alive => {}
             After::Next | After::Close => return conn.close().await,
             After::Reset => return conn.abort(),
-            After::Hold => return future::pending().await,
+            After::Hold => return conn.hold_until_closed().await,
+            // Reading would unblock the upload this fault exists to stall; a bound instead.
+            After::HoldUnread => return tokio::time::sleep(Duration::from_secs(60)).await,
         }
     }
 }
@@ -311,7 +314,8 @@ async fn run<S: Transport>(conn: &mut Conn<S>, req: &Request, fault: &Fault) -> 
             conn.send(&head).await?;
             Ok(After::Close)
         }
-        Fault::Hang | Fault::NoRead => Ok(After::Hold),
+        Fault::Hang => Ok(After::Hold),
+        Fault::NoRead => Ok(After::HoldUnread),
         Fault::SlowHead { delay } => {
             tokio::time::sleep(*delay).await;
             answer(conn, 200, b"ok\n", keep, &[]).await

@@ -148,6 +148,8 @@ struct Progress {
     finished_at: AtomicU64,
     /// hyper is waiting for the *client* to send more: slowness that is not the upstream's.
     waiting_on_client: AtomicBool,
+    /// Wakes the watchdog when the body ends, so the header timeout starts then.
+    ended: tokio::sync::Notify,
 }
 
 impl Progress {
@@ -157,6 +159,7 @@ impl Progress {
             last_activity: AtomicU64::new(0),
             finished_at: AtomicU64::new(if done { 0 } else { u64::MAX }),
             waiting_on_client: AtomicBool::new(false),
+            ended: tokio::sync::Notify::new(),
         }
     }
 
@@ -171,9 +174,14 @@ impl Progress {
 
     fn finish(&self) {
         let now = self.now_micros();
-        let _ =
-            self.finished_at
-                .compare_exchange(u64::MAX, now, Ordering::Relaxed, Ordering::Relaxed);
+        if self
+            .finished_at
+            .compare_exchange(u64::MAX, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            // notify_one keeps a permit if the watchdog is not waiting yet: no lost wake-up.
+            self.ended.notify_one();
+        }
     }
 
     fn finished_at(&self) -> Option<Instant> {
@@ -393,7 +401,10 @@ async fn watchdog(progress: &Progress, timeouts: config::Timeouts) -> UpstreamEr
                 if progress.waiting_on_client.load(Ordering::Relaxed) {
                     // The client is slow to send its body: the server's body timeout judges
                     // that, never the upstream's write timeout.
-                    sleep(timeouts.write).await;
+                    tokio::select! {
+                        _ = sleep(timeouts.write) => {}
+                        _ = progress.ended.notified() => {}
+                    }
                     continue;
                 }
                 let deadline = progress.last_activity() + timeouts.write;
@@ -407,7 +418,10 @@ async fn watchdog(progress: &Progress, timeouts: config::Timeouts) -> UpstreamEr
                     )
                     .with_hint("the backend is not reading the upload: is it stuck, or does it reject the request without reading it?");
                 }
-                sleep_until(deadline).await;
+                tokio::select! {
+                    _ = sleep_until(deadline) => {}
+                    _ = progress.ended.notified() => {}
+                }
             }
             Some(finished) => {
                 let deadline = finished + timeouts.header;
