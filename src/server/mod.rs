@@ -294,7 +294,9 @@ impl AcceptLoop {
                 match (stream, acceptor) {
                     (Accepted::Tcp(tcp), Some(acceptor)) => {
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => serve(&builder, tls, proxy, watcher).await,
+                            Ok(Ok(tls)) => {
+                                serve(&builder, tls, proxy, watcher, handshake_timeout).await
+                            }
                             Ok(Err(e)) => {
                                 tracing::debug!(error = %e, "client TLS handshake failed")
                             }
@@ -303,15 +305,21 @@ impl AcceptLoop {
                     }
                     (Accepted::Unix(unix), Some(acceptor)) => {
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(unix)).await {
-                            Ok(Ok(tls)) => serve(&builder, tls, proxy, watcher).await,
+                            Ok(Ok(tls)) => {
+                                serve(&builder, tls, proxy, watcher, handshake_timeout).await
+                            }
                             Ok(Err(e)) => {
                                 tracing::debug!(error = %e, "client TLS handshake failed")
                             }
                             Err(_) => tracing::debug!("client TLS handshake timed out"),
                         }
                     }
-                    (Accepted::Tcp(tcp), None) => serve(&builder, tcp, proxy, watcher).await,
-                    (Accepted::Unix(unix), None) => serve(&builder, unix, proxy, watcher).await,
+                    (Accepted::Tcp(tcp), None) => {
+                        serve(&builder, tcp, proxy, watcher, handshake_timeout).await
+                    }
+                    (Accepted::Unix(unix), None) => {
+                        serve(&builder, unix, proxy, watcher, handshake_timeout).await
+                    }
                 }
                 open.fetch_sub(1, Ordering::Relaxed);
             });
@@ -358,11 +366,28 @@ async fn serve<I>(
     io: I,
     proxy: Proxy,
     watcher: hyper_util::server::graceful::Watcher,
+    first_request_timeout: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let used = proxy.used();
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), proxy);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
+    let watched = watcher.watch(connection.into_owned());
+    tokio::pin!(watched);
+    // hyper's header timer starts only after hyper-util has sniffed the HTTP version, so a
+    // connection that never sends a byte would be held forever (and `max_connections` of them
+    // would lock everyone out). Give it `request_header_timeout` to send a first request.
+    let result = tokio::select! {
+        result = &mut watched => result,
+        _ = tokio::time::sleep(first_request_timeout) => {
+            if !used.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::debug!("client sent no request within request_header_timeout: closed");
+                return;
+            }
+            watched.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "client connection ended with an error");
     }
 }
