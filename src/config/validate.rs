@@ -507,6 +507,20 @@ impl<'a> Ctx<'a> {
     /// Reads a text file now (error pages are served from memory).
     fn read_file(&mut self, value: &Text, key: &str) -> Option<String> {
         let path = self.resolve(value.get_ref());
+        // Error pages live in memory: a regular file of sane size only (`/dev/zero` or a
+        // FIFO would hang the loader).
+        const MAX_PAGE: u64 = 1024 * 1024;
+        match std::fs::metadata(&path) {
+            Ok(meta) if !meta.is_file() => {
+                self.file_error(value, key, &path, "not a regular file");
+                return None;
+            }
+            Ok(meta) if meta.len() > MAX_PAGE => {
+                self.file_error(value, key, &path, "larger than 1 MiB");
+                return None;
+            }
+            _ => {}
+        }
         match std::fs::read_to_string(&path) {
             Ok(text) => Some(text),
             Err(e) => {

@@ -464,3 +464,16 @@ fn load_reports_an_unreadable_file() {
         "/no/such/causeway.toml:1:1: cannot read config file: No such file or directory (os error 2)"
     );
 }
+
+#[test]
+fn error_pages_must_be_regular_files() {
+    let dir = temp_dir();
+    let path = dir.join("causeway.toml");
+    let text = format!("{BASE}[errors]\npages = {{ 502 = \"/dev/zero\" }}\n");
+    let errors = check_at(&text, &path);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("errors.pages.502: cannot read \"/dev/zero\": not a regular file"),
+        "{errors:?}"
+    );
+}
