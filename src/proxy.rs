@@ -294,19 +294,15 @@ async fn handle(
                     Some(client_error) => classify::client_body_error(client_error),
                     None => classify::client_body_error(&ClientBodyError::Aborted),
                 };
-                if error.cause == Cause::ClientClosed {
-                    guard.client_left(&state, error.cause);
-                    tally.client_left();
-                    return empty_response(StatusCode::BAD_REQUEST);
-                }
-                return guard.finish_error(
-                    &state,
-                    error,
-                    Some(&upstream),
-                    0,
-                    accept.as_ref(),
-                    &request_id,
-                );
+                let context = FailureContext {
+                    state: &state,
+                    tally,
+                    upstream: &upstream,
+                    attempts: 0,
+                    accept: accept.as_ref(),
+                    request_id: &request_id,
+                };
+                return guard.answer_failure(error, &context);
             }
         },
         None if bodyless => RequestBody::empty(),
@@ -366,19 +362,15 @@ async fn handle(
     let mut response = match outcome.result {
         Ok(response) => response,
         Err(error) => {
-            if error.cause == Cause::ClientClosed {
-                guard.client_left(&state, error.cause);
-                tally.client_left();
-                return empty_response(StatusCode::BAD_REQUEST);
-            }
-            return guard.finish_error(
-                &state,
-                error,
-                Some(&upstream),
+            let context = FailureContext {
+                state: &state,
+                tally,
+                upstream: &upstream,
                 attempts,
-                accept.as_ref(),
-                &request_id,
-            );
+                accept: accept.as_ref(),
+                request_id: &request_id,
+            };
+            return guard.answer_failure(error, &context);
         }
     };
 
@@ -510,6 +502,16 @@ fn empty_response(status: StatusCode) -> Response<ProxyBody> {
     response
 }
 
+/// What answering a failed upstream exchange needs to know about the request.
+struct FailureContext<'a> {
+    state: &'a State,
+    tally: &'a crate::metrics::RequestTally,
+    upstream: &'a Arc<Upstream>,
+    attempts: usize,
+    accept: Option<&'a HeaderValue>,
+    request_id: &'a str,
+}
+
 /// Writes the access log for a request that never got a relayed body: on an explicit finish,
 /// or on drop if the client went away while we waited.
 struct LogGuard {
@@ -610,6 +612,28 @@ impl LogGuard {
             headers.insert(&X_REQUEST_ID, id);
         }
         response
+    }
+
+    /// Answers a failure while reading the body or exchanging with the upstream: a client that
+    /// left gets its 499 line and no answer worth sending; anything else an error response.
+    fn answer_failure(
+        &mut self,
+        error: UpstreamError,
+        c: &FailureContext<'_>,
+    ) -> Response<ProxyBody> {
+        if error.cause == Cause::ClientClosed {
+            self.client_left(c.state, error.cause);
+            c.tally.client_left();
+            return empty_response(StatusCode::BAD_REQUEST);
+        }
+        self.finish_error(
+            c.state,
+            error,
+            Some(c.upstream),
+            c.attempts,
+            c.accept,
+            c.request_id,
+        )
     }
 
     /// The client went away before a response: log 499 now.
