@@ -470,11 +470,19 @@ pub fn fastcgi_body_error(err: &FastCgiError) -> UpstreamError {
 }
 
 /// Maps a client-side body failure: never the upstream's fault.
+///
+/// A malformed body has no cause of its own in DESIGN.md section 4: it travels as
+/// `client_closed` (not retried, not counted against the server) with the original error as
+/// its source, and the proxy answers it with a plain 400 logged with no cause.
 pub fn client_body_error(err: &ClientBodyError) -> UpstreamError {
     let cause = match err {
         ClientBodyError::TooLarge { .. } => Cause::RequestTooLarge,
         ClientBodyError::Timeout { .. } => Cause::ClientTimeout,
         ClientBodyError::Aborted => Cause::ClientClosed,
+        ClientBodyError::Malformed { .. } => {
+            return UpstreamError::new(Cause::ClientClosed, err.to_string())
+                .with_source(err.clone());
+        }
     };
     UpstreamError::new(cause, err.to_string())
 }

@@ -107,7 +107,7 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 }
 
 /// Why reading the client's request body failed: always the client's doing.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientBodyError {
     #[error("request body larger than max_request_body ({limit} bytes)")]
     TooLarge { limit: u64 },
@@ -115,6 +115,31 @@ pub enum ClientBodyError {
     Timeout { idle: Duration },
     #[error("client closed the connection while sending the request body")]
     Aborted,
+    /// Broken framing (a bad chunk size line, say): the connection is still there and the
+    /// client gets the 400 it earned, logged as such.
+    #[error("malformed request body: {detail}")]
+    Malformed { detail: String },
+}
+
+impl ClientBodyError {
+    /// Names a failed read of hyper's incoming body. hyper reports broken chunked framing as
+    /// an io error of kind `InvalidInput`/`InvalidData`; anything else (EOF, reset, an h2
+    /// RST_STREAM) means the client went away.
+    fn from_incoming(err: &hyper::Error) -> ClientBodyError {
+        match classify::find_source::<std::io::Error>(err) {
+            Some(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                ClientBodyError::Malformed {
+                    detail: io.to_string(),
+                }
+            }
+            _ => ClientBodyError::Aborted,
+        }
+    }
 }
 
 /// Proxies one request end to end.
@@ -621,6 +646,11 @@ impl LogGuard {
         error: UpstreamError,
         c: &FailureContext<'_>,
     ) -> Response<ProxyBody> {
+        if let Some(ClientBodyError::Malformed { detail }) =
+            classify::find_source::<ClientBodyError>(&error)
+        {
+            return self.finish_local(StatusCode::BAD_REQUEST, detail, c.request_id);
+        }
         if error.cause == Cause::ClientClosed {
             self.client_left(c.state, error.cause);
             c.tally.client_left();
@@ -939,7 +969,9 @@ impl Body for ClientBody {
                 this.idle.progress();
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(Box::new(ClientBodyError::Aborted)))),
+            Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(Box::new(ClientBodyError::from_incoming(&e)))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match this.idle.poll_expired(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ClientBodyError::Timeout {
