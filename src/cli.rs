@@ -212,7 +212,9 @@ fn run_blocking(path: &Path) -> ExitCode {
         }
     };
     init_tracing(&config.log.level, config.log.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control runtime (signals, reloads, admin, health checks); requests are served on
+    // `server.workers` threads of their own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -242,7 +244,9 @@ pub async fn run(path: PathBuf, config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let running = match server::start(state, access.clone()).await {
+    let workers = state.config.server.workers;
+    let placement = server::Placement::Workers(workers);
+    let running = match server::start_on(state, access.clone(), placement).await {
         Ok(running) => running,
         Err(e) => {
             tracing::error!(error = %e, "cannot bind listeners");
@@ -250,7 +254,7 @@ pub async fn run(path: PathBuf, config: Config) -> ExitCode {
         }
     };
     for bound in &running.bound {
-        tracing::info!(listen = ?bound, "causeway listening");
+        tracing::info!(listen = ?bound, workers, "causeway listening");
     }
     if let Some(admin) = running.admin {
         tracing::info!(listen = %admin, "admin listening: /metrics /healthz /upstreams");

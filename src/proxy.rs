@@ -217,13 +217,13 @@ async fn handle(
         return guard.finish_error(&state, error, None, 0, accept.as_ref(), &request_id);
     }
 
-    let path = request.uri().path().to_string();
-    let Some(index) = state.routes.lookup(host.as_deref(), &path) else {
+    let Some(index) = state.routes.lookup(host.as_deref(), request.uri().path()) else {
         let error = UpstreamError::new(
             Cause::NoRoute,
             format!(
-                "no route matches host \"{}\" and path \"{path}\"",
-                host.as_deref().unwrap_or("")
+                "no route matches host \"{}\" and path \"{}\"",
+                host.as_deref().unwrap_or(""),
+                request.uri().path()
             ),
         );
         return guard.finish_error(&state, error, None, 0, accept.as_ref(), &request_id);
@@ -731,16 +731,19 @@ impl LogOnEnd {
     fn write(mut self, complete: bool, bytes_out: u64) {
         let who = &self.who;
         let upstream = who.upstream.as_deref().unwrap_or("");
-        let server = who
-            .server
-            .as_ref()
-            .map(|s| s.to_string())
-            .unwrap_or_default();
+        // Formatted only for a failure or a stderr line: a clean response formats nothing.
+        let server = || {
+            who.server
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        };
         let mut cause = None;
         if let Some(end) = &self.end {
             if let Ok(mut end) = end.lock() {
                 if let Some(failure) = end.failure.take() {
                     cause = Some(failure.cause);
+                    let server = server();
                     if let Some(name) = &who.upstream {
                         crate::metrics::global().attempt_failed(name, &server, failure.cause);
                     }
@@ -758,6 +761,7 @@ impl LogOnEnd {
         let mut stderr_text = None;
         if let Some(stderr) = self.stderr.as_ref().filter(|s| !s.is_empty()) {
             let text = stderr.text();
+            let server = server();
             // nginx: `FastCGI sent in stderr: "PHP message: PHP Fatal error: ..."`.
             tracing::warn!(
                 upstream,

@@ -42,7 +42,7 @@ impl State {
             .upstreams
             .iter()
             .map(|u| {
-                Upstream::new(u, resolver.clone())
+                Upstream::new(u, resolver.clone(), config.server.workers)
                     .map(Arc::new)
                     .map_err(|e| -> BoxError { format!("upstream \"{}\": {e}", u.name).into() })
             })

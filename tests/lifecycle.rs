@@ -396,3 +396,65 @@ fn check_names_every_error_with_file_line_and_column() {
         "all three, and only three, reported:\n{stderr}"
     );
 }
+
+/// The names of the process's threads, from /proc.
+fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| task.ok())
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_the_listener_and_keep_their_own_upstream_connections() {
+    let faults = start_faults().await;
+    let dir = TempDir::new("workers");
+    let causeway = Causeway::start(&dir, &routed_to(&dir, "workers = 3\n", faults.http));
+    let mut workers: Vec<String> = thread_names(causeway.pid)
+        .into_iter()
+        .filter(|name| name.starts_with("causeway-w"))
+        .collect();
+    workers.sort();
+    assert_eq!(
+        workers,
+        ["causeway-w0", "causeway-w1", "causeway-w2"],
+        "one thread per configured worker (comm is cut at 15 bytes, so short names)"
+    );
+
+    // 24 client connections, 5 sequential requests each: the kernel spreads them over the
+    // workers' sockets, and every one is answered.
+    let mut clients = Vec::new();
+    for _ in 0..24 {
+        let addr = causeway.addr;
+        clients.push(tokio::spawn(async move {
+            let mut sender = client(addr).await?;
+            for _ in 0..5 {
+                let (status, body) = get_on(&mut sender, "/ok").await?;
+                if status != StatusCode::OK || body != "ok\n" {
+                    return Err(format!("{status}: {body}"));
+                }
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for client in clients {
+        match client.await {
+            Ok(result) => assert_ok(&result.map(|()| (StatusCode::OK, "ok\n".into())), "GET /ok"),
+            Err(e) => panic!("client task: {e}"),
+        }
+    }
+    assert_eq!(faults.hits("/ok"), 120);
+    // Each worker reuses its own idle upstream connections: at most the 24 concurrent
+    // clients' worth were ever opened, far fewer than the 120 requests.
+    let opened = faults.connections_accepted();
+    assert!(
+        (1..=24).contains(&opened),
+        "{opened} upstream connections for 120 requests on 24 client connections"
+    );
+    let lines = causeway.access_lines();
+    assert_eq!(lines.len(), 120, "one access-log line per request");
+}

@@ -61,6 +61,10 @@ pub struct Server {
     pub trust_request_id: bool,
     /// Most client connections held at once per listener; beyond it new ones are closed.
     pub max_connections: usize,
+    /// Worker threads serving connections, each with its own event loop and upstream
+    /// connections (nginx's `worker_processes`). Already resolved: `0` in the file means one
+    /// per CPU the process may run on.
+    pub workers: usize,
 }
 
 /// A listen address: TCP or a unix socket path (`unix:/run/causeway.sock`).

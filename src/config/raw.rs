@@ -59,6 +59,8 @@ pub(crate) struct RawServer {
     pub trust_request_id: bool,
     #[serde(default = "default_max_connections")]
     pub max_connections: Spanned<usize>,
+    #[serde(default = "default_workers")]
+    pub workers: Spanned<usize>,
 }
 
 /// `[server] tls = { cert, key }`: both are required, so serde reports a missing one.
@@ -317,6 +319,9 @@ fn default_forwarded() -> Text {
 fn default_max_connections() -> Spanned<usize> {
     Spanned::new(0..0, 10_000)
 }
+fn default_workers() -> Spanned<usize> {
+    Spanned::new(0..0, 0)
+}
 fn default_admin_listen() -> Text {
     text("127.0.0.1:9901")
 }
@@ -417,6 +422,7 @@ impl Default for RawServer {
             forwarded: default_forwarded(),
             trust_request_id: yes(),
             max_connections: default_max_connections(),
+            workers: default_workers(),
         }
     }
 }

@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+/// More worker threads than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
+
 use super::raw::{self, RawConfig, RawRoute, Text};
 use super::recover::{self, RawError};
 use super::units::{self, is_host_name};
@@ -100,6 +103,17 @@ fn server(ctx: &mut Ctx<'_>, raw: &raw::RawServer) -> Server {
             "server.max_connections: must be at least 1",
         );
     }
+    let workers = match *raw.workers.get_ref() {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n if n > MAX_WORKERS => {
+            ctx.error(
+                raw.workers.span(),
+                format!("server.workers: {n} is more than {MAX_WORKERS}; use 0 for one per CPU"),
+            );
+            1
+        }
+        n => n,
+    };
     Server {
         listen,
         tls,
@@ -113,6 +127,7 @@ fn server(ctx: &mut Ctx<'_>, raw: &raw::RawServer) -> Server {
         forwarded: forwarded.unwrap_or(ForwardedMode::Xff),
         trust_request_id: raw.trust_request_id,
         max_connections: *raw.max_connections.get_ref(),
+        workers,
     }
 }
 

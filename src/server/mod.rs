@@ -4,6 +4,12 @@
 //! builder, so one port speaks both HTTP versions. Client limits are enforced here where hyper
 //! can (header read timeout → 408, header size → 431); body limits live in `proxy`. Shutdown
 //! stops accepting, lets in-flight requests finish up to `shutdown_timeout`, then cuts the rest.
+//!
+//! `causeway run` serves on `server.workers` threads, each with its own single-threaded
+//! runtime and, for TCP, its own `SO_REUSEPORT` socket, so the kernel spreads connections over
+//! the workers and a connection (and the upstream connections it uses) never changes thread:
+//! no work stealing, no cross-thread wakeups on the request path. The calling runtime keeps
+//! the control work: signals, reloads, the admin listener, health checks and the pool sweeper.
 
 pub mod tls;
 
@@ -20,6 +26,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::runtime::Handle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,6 +55,17 @@ pub struct Running {
     graceful: Arc<GracefulShutdown>,
     background: TaskTracker,
     unix_paths: Vec<PathBuf>,
+    /// The worker threads with `Placement::Workers`; stopped when this is dropped.
+    workers: Option<WorkerThreads>,
+}
+
+/// Where client connections are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// On the runtime that calls [`start_on`]: in-process users (tests, the demo).
+    Caller,
+    /// On this many worker threads, one single-threaded runtime each (`causeway run`).
+    Workers(usize),
 }
 
 /// How a shutdown went.
@@ -64,33 +82,123 @@ enum Listener {
     Unix(UnixListener),
 }
 
-/// Binds every listener of `state` and starts serving.
+/// A bound socket not yet registered with any runtime: each copy is handed to one worker.
+enum StdListener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl StdListener {
+    /// Registers the socket with `handle`'s event loop: that runtime will accept on it.
+    fn register(self, handle: &Handle) -> io::Result<Listener> {
+        let _runtime = handle.enter();
+        match self {
+            StdListener::Tcp(listener) => TcpListener::from_std(listener).map(Listener::Tcp),
+            StdListener::Unix(listener) => UnixListener::from_std(listener).map(Listener::Unix),
+        }
+    }
+}
+
+/// Worker threads, each running a single-threaded runtime until stopped.
+struct WorkerThreads {
+    handles: Vec<Handle>,
+    stop: CancellationToken,
+}
+
+impl WorkerThreads {
+    fn start(count: usize) -> io::Result<WorkerThreads> {
+        let stop = CancellationToken::new();
+        let mut workers = WorkerThreads {
+            handles: Vec::with_capacity(count),
+            stop: stop.clone(),
+        };
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            workers.handles.push(runtime.handle().clone());
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("causeway-w{index}"))
+                .spawn(move || {
+                    crate::upstream::pool::set_worker(index);
+                    // Serves every task spawned onto this runtime until stopped; dropping the
+                    // runtime then cuts whatever connections are left.
+                    runtime.block_on(stop.cancelled());
+                })?;
+        }
+        Ok(workers)
+    }
+}
+
+impl Drop for WorkerThreads {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Binds every listener of `state` and serves on the calling runtime.
 pub async fn start(state: State, access: AccessLog) -> io::Result<Running> {
+    start_on(state, access, Placement::Caller).await
+}
+
+/// Binds every listener of `state` and starts serving where `placement` says.
+pub async fn start_on(
+    state: State,
+    access: AccessLog,
+    placement: Placement,
+) -> io::Result<Running> {
     let server_config = state.config.server.clone();
     let state = Arc::new(ArcSwap::from_pointee(state));
     let acceptor = match &server_config.tls {
         Some(tls) => Some(tls::acceptor(tls)?),
         None => None,
     };
-    let mut listeners = Vec::new();
+    let copies = match placement {
+        Placement::Caller => 1,
+        Placement::Workers(count) => count.max(1),
+    };
+    // One group per configured address, one socket per worker in each.
+    let mut groups: Vec<Vec<StdListener>> = Vec::new();
     let mut bound = Vec::new();
     let mut unix_paths = Vec::new();
     for addr in &server_config.listen {
         match addr {
             ListenAddr::Tcp(socket) => {
-                let listener = bind_tcp(*socket)?;
-                bound.push(Bound::Tcp(listener.local_addr()?));
-                listeners.push(Listener::Tcp(listener));
+                let first = bind_tcp(*socket, copies > 1)?;
+                // Port 0 resolves on the first bind; the other workers join that port.
+                let local = first.local_addr()?;
+                let mut group = vec![StdListener::Tcp(first)];
+                for _ in 1..copies {
+                    group.push(StdListener::Tcp(bind_tcp(local, true)?));
+                }
+                bound.push(Bound::Tcp(local));
+                groups.push(group);
             }
             ListenAddr::Unix(path) => {
                 remove_stale_socket(path)?;
-                let listener = UnixListener::bind(path)?;
+                let listener = std::os::unix::net::UnixListener::bind(path)?;
+                listener.set_nonblocking(true)?;
+                // A unix socket has no SO_REUSEPORT: every worker accepts on the same one.
+                let mut group = Vec::with_capacity(copies);
+                for _ in 1..copies {
+                    group.push(StdListener::Unix(listener.try_clone()?));
+                }
+                group.push(StdListener::Unix(listener));
                 bound.push(Bound::Unix(path.clone()));
                 unix_paths.push(path.clone());
-                listeners.push(Listener::Unix(listener));
+                groups.push(group);
             }
         }
     }
+    let workers = match placement {
+        Placement::Caller => None,
+        Placement::Workers(count) => Some(WorkerThreads::start(count)?),
+    };
+    let handles = match &workers {
+        Some(workers) => workers.handles.clone(),
+        None => vec![Handle::current()],
+    };
     let admin = match &state.load().config.admin {
         Some(admin) => Some(crate::admin::bind(admin.listen)?),
         None => None,
@@ -105,22 +213,28 @@ pub async fn start(state: State, access: AccessLog) -> io::Result<Running> {
         graceful: Arc::new(GracefulShutdown::new()),
         background: TaskTracker::new(),
         unix_paths,
+        workers,
     };
     let builder = Arc::new(http_builder(&server_config));
-    for listener in listeners {
-        let accept = AcceptLoop {
-            state: state.clone(),
-            access: access.clone(),
-            builder: builder.clone(),
-            acceptor: acceptor.clone(),
-            stop: running.stop_accepting.clone(),
-            connections: running.connections.clone(),
-            graceful: running.graceful.clone(),
-            open: Arc::new(AtomicUsize::new(0)),
-            max_connections: server_config.max_connections,
-            handshake_timeout: server_config.request_header_timeout,
-        };
-        running.background.spawn(accept.run(listener));
+    for group in groups {
+        // `max_connections` is per configured listener, whichever worker accepted.
+        let open = Arc::new(AtomicUsize::new(0));
+        for (socket, handle) in group.into_iter().zip(handles.iter().cycle()) {
+            let accept = AcceptLoop {
+                state: state.clone(),
+                access: access.clone(),
+                builder: builder.clone(),
+                acceptor: acceptor.clone(),
+                stop: running.stop_accepting.clone(),
+                connections: running.connections.clone(),
+                graceful: running.graceful.clone(),
+                open: open.clone(),
+                max_connections: server_config.max_connections,
+                handshake_timeout: server_config.request_header_timeout,
+            };
+            let listener = socket.register(handle)?;
+            running.background.spawn_on(accept.run(listener), handle);
+        }
     }
     if let Some(listener) = admin {
         let (stop, tasks) = (running.stop_accepting.clone(), running.background.clone());
@@ -160,6 +274,9 @@ impl Running {
         if admin(&state) != admin(&self.state.load()) {
             tracing::warn!("reload: [admin] listen changed; restart causeway to apply it");
         }
+        if state.config.server.workers != self.state.load().config.server.workers {
+            tracing::warn!("reload: server.workers changed; restart causeway to apply it");
+        }
         self.state.store(Arc::new(state));
     }
 
@@ -184,6 +301,8 @@ impl Running {
         for path in &self.unix_paths {
             let _ = std::fs::remove_file(path);
         }
+        // Stops the worker threads: connections still open past the timeout are cut here.
+        drop(self.workers);
         match drained {
             Ok(()) => Drained::Clean,
             Err(_) => Drained::TimedOut,
@@ -211,20 +330,25 @@ fn http_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A listening TCP socket; `shared` lets every worker bind its own on the same address
+/// (`SO_REUSEPORT`: the kernel spreads new connections over them).
+fn bind_tcp(addr: SocketAddr, shared: bool) -> io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// A socket file left by a previous run would make bind fail; anything else is not ours.

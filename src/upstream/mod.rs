@@ -202,7 +202,11 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the group; fails only when its TLS settings cannot be loaded.
-    pub fn new(config: &config::Upstream, resolver: Resolver) -> Result<Upstream, BoxError> {
+    pub fn new(
+        config: &config::Upstream,
+        resolver: Resolver,
+        workers: usize,
+    ) -> Result<Upstream, BoxError> {
         let connector = Connector::new(config, resolver)?;
         let servers = config
             .servers
@@ -210,7 +214,7 @@ impl Upstream {
             .map(|addr| {
                 Arc::new(Server {
                     addr: addr.clone(),
-                    pool: Pool::new(config.pool, config.max_conns),
+                    pool: Pool::new(config.pool, config.max_conns, workers),
                     health: ServerHealth::new(config.health.max_fails, config.health.fail_timeout),
                     active: AtomicUsize::new(0),
                 })

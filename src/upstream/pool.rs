@@ -4,7 +4,13 @@
 //! what lets `classify` name `stale_connection` (the keep-alive race) instead of a plain reset.
 //! A connection is never reused past `pool.idle_timeout`, past the upstream's own
 //! `Keep-Alive: timeout` minus a margin, past `Keep-Alive: max`, or once hyper saw it close.
+//!
+//! Idle connections are kept per worker thread (`server.workers`), like nginx's per-process
+//! `keepalive`: a connection's I/O is driven by the event loop of the worker that opened it, so
+//! handing it to another worker would add a cross-thread wakeup to every request on it. The
+//! `max_conns` limit stays one per server for the whole process.
 
+use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,12 +23,22 @@ use super::exchange::{Conn, KeepAlive, Sender};
 use super::Reuse;
 use crate::config;
 
-/// The idle connections of one server.
+thread_local! {
+    /// The worker this thread is (0 outside worker threads): which idle lists it uses.
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `index`; called once when a worker thread starts.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// The idle connections of one server, one list per worker.
 pub struct Pool {
     settings: config::Pool,
-    idle: Mutex<Vec<Idle>>,
+    idle: Box<[Mutex<Vec<Idle>>]>,
     /// Idle raw transports of FastCGI servers with `fastcgi.keep_conn`.
-    raw_idle: Mutex<Vec<RawIdle>>,
+    raw_idle: Box<[Mutex<Vec<RawIdle>>]>,
     limit: Option<Arc<Semaphore>>,
 }
 
@@ -60,14 +76,26 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// An empty pool; `max_conns` bounds the connections in use at once.
-    pub fn new(settings: config::Pool, max_conns: Option<usize>) -> Pool {
+    /// An empty pool for `workers` worker threads; `max_conns` bounds the connections in use
+    /// at once across all of them.
+    pub fn new(settings: config::Pool, max_conns: Option<usize>, workers: usize) -> Pool {
+        let workers = workers.max(1);
         Pool {
             settings,
-            idle: Mutex::new(Vec::new()),
-            raw_idle: Mutex::new(Vec::new()),
+            idle: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+            raw_idle: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
             limit: max_conns.map(|n| Arc::new(Semaphore::new(n))),
         }
+    }
+
+    /// This worker's idle list.
+    fn idle(&self) -> &Mutex<Vec<Idle>> {
+        &self.idle[WORKER.with(Cell::get) % self.idle.len()]
+    }
+
+    /// This worker's idle FastCGI transports.
+    fn raw_idle(&self) -> &Mutex<Vec<RawIdle>> {
+        &self.raw_idle[WORKER.with(Cell::get) % self.raw_idle.len()]
     }
 
     /// Waits up to `queue_timeout` for a connection slot. `Err` carries how long it waited.
@@ -86,7 +114,7 @@ impl Pool {
     /// Takes the most recently used idle connection that is still good, if any.
     pub fn checkout(&self) -> Option<Conn> {
         let now = Instant::now();
-        let mut idle = self.idle.lock().ok()?;
+        let mut idle = self.idle().lock().ok()?;
         while let Some(entry) = idle.pop() {
             if entry.expires <= now || !entry.conn.is_open() {
                 continue; // dropped: hyper closes the socket
@@ -147,7 +175,7 @@ impl Pool {
             return;
         }
         conn.expires = Some(expires);
-        let Ok(mut idle) = self.idle.lock() else {
+        let Ok(mut idle) = self.idle().lock() else {
             return;
         };
         if matches!(conn.sender, Sender::H2(_))
@@ -171,7 +199,7 @@ impl Pool {
     /// keeps the number of pinned workers at the number of concurrent requests.
     pub fn checkout_raw(&self) -> Option<(Counted<Stream>, Duration)> {
         let now = Instant::now();
-        let mut idle = self.raw_idle.lock().ok()?;
+        let mut idle = self.raw_idle().lock().ok()?;
         while let Some(entry) = idle.pop() {
             if entry.expires > now {
                 return Some((entry.io, now.saturating_duration_since(entry.since)));
@@ -186,7 +214,7 @@ impl Pool {
             return;
         }
         let now = Instant::now();
-        let Ok(mut idle) = self.raw_idle.lock() else {
+        let Ok(mut idle) = self.raw_idle().lock() else {
             return;
         };
         idle.retain(|e| e.expires > now);
@@ -204,17 +232,26 @@ impl Pool {
     /// workers pinned) until the next checkout. Called periodically.
     pub fn sweep(&self) {
         let now = Instant::now();
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|e| e.expires > now && e.conn.is_open());
+        for list in &self.idle {
+            if let Ok(mut idle) = list.lock() {
+                idle.retain(|e| e.expires > now && e.conn.is_open());
+            }
         }
-        if let Ok(mut idle) = self.raw_idle.lock() {
-            idle.retain(|e| e.expires > now);
+        for list in &self.raw_idle {
+            if let Ok(mut idle) = list.lock() {
+                idle.retain(|e| e.expires > now);
+            }
         }
     }
 
-    /// Idle connections right now.
+    /// Idle connections right now, over all workers.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|idle| idle.len()).unwrap_or(0)
-            + self.raw_idle.lock().map(|idle| idle.len()).unwrap_or(0)
+        fn count<T>(lists: &[Mutex<Vec<T>>]) -> usize {
+            lists
+                .iter()
+                .map(|list| list.lock().map(|idle| idle.len()).unwrap_or(0))
+                .sum()
+        }
+        count(&self.idle) + count(&self.raw_idle)
     }
 }

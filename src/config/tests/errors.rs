@@ -432,3 +432,17 @@ fn upstream_tls_is_checked() {
     ));
     assert!(!config.upstreams[0].tls.verify);
 }
+
+#[test]
+fn workers_are_bounded_and_zero_means_one_per_cpu() {
+    assert_eq!(
+        check(&format!("[server]\nworkers = 5000\n{BASE}")),
+        ["2:11: server.workers: 5000 is more than 1024; use 0 for one per CPU"]
+    );
+    assert_eq!(
+        valid(&format!("[server]\nworkers = 3\n{BASE}"))
+            .server
+            .workers,
+        3
+    );
+}

@@ -79,6 +79,8 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(s.forwarded, ForwardedMode::Xff);
     assert!(s.trust_request_id);
     assert_eq!(s.max_connections, 10_000);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(s.workers, cpus, "workers = 0 (the default) is one per CPU");
     assert!(config.admin.is_none());
     assert_eq!(config.log.level, "info");
     assert_eq!(config.log.format, LogFormat::Text);
@@ -231,6 +233,7 @@ fn example_toml_mentions_every_key() {
         "max_request_body",
         "shutdown_timeout",
         "max_connections",
+        "workers",
         "trusted_proxies",
         "forwarded",
         "trust_request_id",
@@ -319,7 +322,7 @@ upstream = "nod"
         "causeway.toml:3:1: server: unknown field `request_header_timout`, expected one of \
          `listen`, `tls`, `request_header_timeout`, `request_body_timeout`, `max_request_header`, \
          `max_request_body`, `shutdown_timeout`, `trusted_proxies`, `forwarded`, \
-         `trust_request_id`, `max_connections`\n\
+         `trust_request_id`, `max_connections`, `workers`\n\
          causeway.toml:7:24: upstreams.node.timeouts.connect: invalid duration \"3 seconds\": \
          expected a number followed by ms, s, m or h, e.g. \"250ms\"\n\
          causeway.toml:11:12: routes.upstream: no upstream named \"nod\"; defined upstreams: node"
