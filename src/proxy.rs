@@ -65,8 +65,6 @@ pub struct Proxy {
     state: Arc<ArcSwap<State>>,
     access: AccessLog,
     client: ClientInfo,
-    /// Set once the connection carried a request: `server` cuts connections that never do.
-    used: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -76,13 +74,7 @@ impl Proxy {
             state,
             access,
             client,
-            used: Arc::default(),
         }
-    }
-
-    /// Whether any request arrived on this connection yet.
-    pub fn used(&self) -> Arc<std::sync::atomic::AtomicBool> {
-        self.used.clone()
     }
 }
 
@@ -92,7 +84,6 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
     type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        self.used.store(true, Ordering::Relaxed);
         let state = self.state.load_full();
         let access = self.access.clone();
         let client = self.client.clone();

@@ -637,6 +637,19 @@ async fn header_section_over_max_request_header_is_431() {
         Upstream::Untouched,
     )
     .await;
+    // hyper wrote the 431; causeway still logs the request it refused, with its cause.
+    let logged = h.access.lines();
+    let line: serde_json::Value = match logged.as_slice() {
+        [one] => serde_json::from_str(one).expect("access log line is JSON"),
+        other => panic!("want exactly one access-log line, got {other:?}"),
+    };
+    assert_eq!(line["status"], 431, "{line}");
+    assert_eq!(line["cause"], "request_too_large", "{line}");
+    assert_eq!(
+        (&line["method"], &line["path"]),
+        (&"GET".into(), &"/ok".into()),
+        "{line}"
+    );
 
     // A head under the limit still goes through.
     let raw = exchange(
@@ -752,6 +765,7 @@ async fn slowloris_is_cut_while_others_are_served() {
                 .take(60)
                 .collect();
             // One byte per 100 ms, at most 6 s: the proxy must cut it well before the end.
+            let mut answer = String::new();
             for byte in &head {
                 if stream.write_all(&[*byte]).await.is_err() {
                     break;
@@ -762,15 +776,13 @@ async fn slowloris_is_cut_while_others_are_served() {
                 {
                     Ok(Ok(0)) | Ok(Err(_)) => break,
                     Ok(Ok(n)) => {
-                        // Only a 408 may come back.
-                        let text = String::from_utf8_lossy(&probe[..n]).into_owned();
-                        assert!(text.starts_with("HTTP/1.1 408"), "slowloris got: {text}");
+                        answer = String::from_utf8_lossy(&probe[..n]).into_owned();
                         break;
                     }
                     Err(_) => {}
                 }
             }
-            started.elapsed()
+            (started.elapsed(), answer)
         });
     }
 
@@ -785,12 +797,29 @@ async fn slowloris_is_cut_while_others_are_served() {
         "normal requests slowed to {worst:?} (baseline {baseline:?})"
     );
 
-    while let Some(cut_after) = slow.join_next().await {
-        let cut_after = cut_after.expect("slow client task");
+    while let Some(cut) = slow.join_next().await {
+        let (cut_after, answer) = cut.expect("slow client task");
         assert!(
             cut_after >= Duration::from_millis(900) && cut_after < Duration::from_secs(3),
             "slowloris cut after {cut_after:?}, want about request_header_timeout (1 s)"
         );
+        // It had started a request: it gets the 408, with an id naming its log line.
+        assert!(
+            answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "slowloris got: {answer:?}"
+        );
+        let id = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .unwrap_or_else(|| panic!("no x-request-id on the 408: {answer:?}"));
+        let line = access_line(&h.access, id).await;
+        assert_eq!(line["status"], 408, "{line}");
+        assert_eq!(line["cause"], "client_timeout", "{line}");
+        assert_eq!(line["method"], "GET", "{line}");
+        // As much of the target as arrived in the second it had.
+        let path = line["path"].as_str().unwrap_or_default();
+        assert!(path.len() > 1 && "/status/298".starts_with(path), "{line}");
+        assert!(line["total_ms"].as_u64() >= Some(1000), "{line}");
     }
     assert_eq!(
         h.faults.hits("/status/298"),

@@ -1,7 +1,7 @@
 //! The client side: bind listeners, accept connections, serve HTTP/1.1 and HTTP/2, drain.
 //!
-//! Each accepted connection (TCP or unix, optionally TLS) is served by hyper-util's auto
-//! builder, so one port speaks both HTTP versions. Client limits are enforced here where hyper
+//! Each accepted connection (TCP or unix, optionally TLS) is served by hyper, HTTP/1.1 or
+//! HTTP/2 as ALPN or the first bytes say (`conn`), so one port speaks both versions. Client limits are enforced here where hyper
 //! can (header read timeout → 408, header size → 431); body limits live in `proxy`. Shutdown
 //! stops accepting, lets in-flight requests finish up to `shutdown_timeout`, then cuts the rest.
 //!
@@ -11,6 +11,7 @@
 //! no work stealing, no cross-thread wakeups on the request path. The calling runtime keeps
 //! the control work: signals, reloads, the admin listener, health checks and the pool sweeper.
 
+pub mod conn;
 pub mod tls;
 
 use std::io;
@@ -21,17 +22,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::runtime::Handle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ListenAddr, Server as ServerConfig};
+use crate::config::ListenAddr;
 use crate::log::AccessLog;
 use crate::proxy::{ClientInfo, Proxy};
 use crate::state::State;
@@ -52,7 +49,8 @@ pub struct Running {
     pub access: AccessLog,
     stop_accepting: CancellationToken,
     connections: TaskTracker,
-    graceful: Arc<GracefulShutdown>,
+    /// Cancelled on shutdown: connections finish their requests and close.
+    drain: CancellationToken,
     background: TaskTracker,
     unix_paths: Vec<PathBuf>,
     /// The worker threads with `Placement::Workers`; stopped when this is dropped.
@@ -210,12 +208,12 @@ pub async fn start_on(
         access: access.clone(),
         stop_accepting: CancellationToken::new(),
         connections: TaskTracker::new(),
-        graceful: Arc::new(GracefulShutdown::new()),
+        drain: CancellationToken::new(),
         background: TaskTracker::new(),
         unix_paths,
         workers,
     };
-    let builder = Arc::new(http_builder(&server_config));
+    let http = Arc::new(conn::Http::new(&server_config));
     for group in groups {
         // `max_connections` is per configured listener, whichever worker accepted.
         let open = Arc::new(AtomicUsize::new(0));
@@ -223,11 +221,11 @@ pub async fn start_on(
             let accept = AcceptLoop {
                 state: state.clone(),
                 access: access.clone(),
-                builder: builder.clone(),
+                http: http.clone(),
                 acceptor: acceptor.clone(),
                 stop: running.stop_accepting.clone(),
                 connections: running.connections.clone(),
-                graceful: running.graceful.clone(),
+                drain: running.drain.clone(),
                 open: open.clone(),
                 max_connections: server_config.max_connections,
                 handshake_timeout: server_config.request_header_timeout,
@@ -285,19 +283,10 @@ impl Running {
         self.stop_accepting.cancel();
         self.background.close();
         self.background.wait().await;
-        // The accept loops are gone, so this is the last reference.
-        let drained = match Arc::try_unwrap(self.graceful) {
-            Ok(graceful) => tokio::time::timeout(timeout, graceful.shutdown()).await,
-            Err(_) => {
-                // Cannot happen (the accept loops ended above), but never claim a clean
-                // drain that was not awaited.
-                tracing::warn!(
-                    "shutdown: connection tracking still shared; not waiting for a drain"
-                );
-                return Drained::TimedOut;
-            }
-        };
+        // The accept loops are gone: no connection is added from here on.
+        self.drain.cancel();
         self.connections.close();
+        let drained = tokio::time::timeout(timeout, self.connections.wait()).await;
         for path in &self.unix_paths {
             let _ = std::fs::remove_file(path);
         }
@@ -308,26 +297,6 @@ impl Running {
             Err(_) => Drained::TimedOut,
         }
     }
-}
-
-/// hyper's connection settings from `[server]`.
-fn http_builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.request_header_timeout)
-        // The read buffer bounds the request head: a larger head gets 431 from hyper.
-        .max_buf_size(config.max_request_header.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(config.max_request_header.min(u32::MAX as usize) as u32)
-        // Bounds a rapid-reset style flood: streams a client may have open at once.
-        .max_concurrent_streams(256)
-        .max_pending_accept_reset_streams(64)
-        .max_local_error_reset_streams(256);
-    builder
 }
 
 /// A listening TCP socket; `shared` lets every worker bind its own on the same address
@@ -367,11 +336,11 @@ fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
 struct AcceptLoop {
     state: Arc<ArcSwap<State>>,
     access: AccessLog,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    http: Arc<conn::Http>,
     acceptor: Option<TlsAcceptor>,
     stop: CancellationToken,
     connections: TaskTracker,
-    graceful: Arc<GracefulShutdown>,
+    drain: CancellationToken,
     open: Arc<AtomicUsize>,
     max_connections: usize,
     handshake_timeout: Duration,
@@ -403,51 +372,61 @@ impl AcceptLoop {
             }
             self.open.fetch_add(1, Ordering::Relaxed);
             let open = self.open.clone();
-            let builder = self.builder.clone();
+            let http = self.http.clone();
             let acceptor = self.acceptor.clone();
             let state = self.state.clone();
             let access = self.access.clone();
-            let watcher = self.graceful.watcher();
+            let drain = self.drain.clone();
             let handshake_timeout = self.handshake_timeout;
             self.connections.spawn(async move {
                 let client = ClientInfo {
                     tls: acceptor.is_some(),
                     ..client
                 };
-                let proxy = Proxy::new(state, access, client);
+                let serve = conn::Serve {
+                    proxy: Proxy::new(state, access.clone(), client.clone()),
+                    drain,
+                    access,
+                    client,
+                };
+                // TLS branches are boxed: their futures are twice the size of a plain one, and
+                // every idle plain connection would otherwise pay for it.
                 match (stream, acceptor) {
                     (Accepted::Tcp(tcp), Some(acceptor)) => {
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => {
-                                serve(&builder, tls, proxy, watcher, handshake_timeout).await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "client TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!("client TLS handshake timed out"),
-                        }
+                        Box::pin(serve_tls(&http, acceptor, tcp, handshake_timeout, serve)).await
                     }
                     (Accepted::Unix(unix), Some(acceptor)) => {
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(unix)).await {
-                            Ok(Ok(tls)) => {
-                                serve(&builder, tls, proxy, watcher, handshake_timeout).await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "client TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!("client TLS handshake timed out"),
-                        }
+                        Box::pin(serve_tls(&http, acceptor, unix, handshake_timeout, serve)).await
                     }
-                    (Accepted::Tcp(tcp), None) => {
-                        serve(&builder, tcp, proxy, watcher, handshake_timeout).await
-                    }
-                    (Accepted::Unix(unix), None) => {
-                        serve(&builder, unix, proxy, watcher, handshake_timeout).await
-                    }
+                    (Accepted::Tcp(tcp), None) => conn::serve(&http, tcp, None, serve).await,
+                    (Accepted::Unix(unix), None) => conn::serve(&http, unix, None, serve).await,
                 }
                 open.fetch_sub(1, Ordering::Relaxed);
             });
         }
+    }
+}
+
+/// The TLS handshake (bounded by `request_header_timeout`), then HTTP as ALPN chose.
+async fn serve_tls<I>(
+    http: &conn::Http,
+    acceptor: TlsAcceptor,
+    io: I,
+    handshake_timeout: Duration,
+    serve: conn::Serve,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => {
+            let alpn = match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => conn::Protocol::Http2,
+                _ => conn::Protocol::Http1,
+            };
+            conn::serve(http, tls, Some(alpn), serve).await
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "client TLS handshake failed"),
+        Err(_) => tracing::debug!("client TLS handshake timed out"),
     }
 }
 
@@ -482,36 +461,5 @@ async fn accept(listener: &Listener) -> io::Result<(Accepted, ClientInfo)> {
                 },
             ))
         }
-    }
-}
-
-async fn serve<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    proxy: Proxy,
-    watcher: hyper_util::server::graceful::Watcher,
-    first_request_timeout: Duration,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let used = proxy.used();
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), proxy);
-    let watched = watcher.watch(connection.into_owned());
-    tokio::pin!(watched);
-    // hyper's header timer starts only after hyper-util has sniffed the HTTP version, so a
-    // connection that never sends a byte would be held forever (and `max_connections` of them
-    // would lock everyone out). Give it `request_header_timeout` to send a first request.
-    let result = tokio::select! {
-        result = &mut watched => result,
-        _ = tokio::time::sleep(first_request_timeout) => {
-            if !used.load(std::sync::atomic::Ordering::Relaxed) {
-                tracing::debug!("client sent no request within request_header_timeout: closed");
-                return;
-            }
-            watched.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "client connection ended with an error");
     }
 }
