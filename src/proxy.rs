@@ -701,15 +701,18 @@ impl LogOnEnd {
     fn write(mut self, complete: bool, bytes_out: u64) {
         let who = &self.who;
         let upstream = who.upstream.as_deref().unwrap_or("");
-        let server = who
-            .server
-            .as_ref()
-            .map(|s| s.to_string())
-            .unwrap_or_default();
+        // Formatted only for the lines below: a body that ended well writes neither.
+        let server_name = || {
+            who.server
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        };
         let mut cause = None;
         if let Some(end) = &self.end {
             if let Ok(mut end) = end.lock() {
                 if let Some(failure) = end.failure.take() {
+                    let server = server_name();
                     cause = Some(failure.cause);
                     if let Some(name) = &who.upstream {
                         crate::metrics::global().attempt_failed(name, &server, failure.cause);
@@ -728,6 +731,7 @@ impl LogOnEnd {
         let mut stderr_text = None;
         if let Some(stderr) = self.stderr.as_ref().filter(|s| !s.is_empty()) {
             let text = stderr.text();
+            let server = server_name();
             // nginx: `FastCGI sent in stderr: "PHP message: PHP Fatal error: ..."`.
             tracing::warn!(
                 upstream,
