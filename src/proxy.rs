@@ -723,7 +723,7 @@ impl LogOnEnd {
         let who = &self.who;
         let upstream = who.upstream.as_deref().unwrap_or("");
         // Formatted only for a failure or a stderr line: a clean response formats nothing.
-        let server = || {
+        let server_name = || {
             who.server
                 .as_ref()
                 .map(|s| s.to_string())
@@ -733,8 +733,8 @@ impl LogOnEnd {
         if let Some(end) = &self.end {
             if let Ok(mut end) = end.lock() {
                 if let Some(failure) = end.failure.take() {
+                    let server = server_name();
                     cause = Some(failure.cause);
-                    let server = server();
                     if let Some(name) = &who.upstream {
                         crate::metrics::global().attempt_failed(name, &server, failure.cause);
                     }
@@ -752,7 +752,7 @@ impl LogOnEnd {
         let mut stderr_text = None;
         if let Some(stderr) = self.stderr.as_ref().filter(|s| !s.is_empty()) {
             let text = stderr.text();
-            let server = server();
+            let server = server_name();
             // nginx: `FastCGI sent in stderr: "PHP message: PHP Fatal error: ..."`.
             tracing::warn!(
                 upstream,

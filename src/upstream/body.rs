@@ -45,7 +45,6 @@ pub struct BodyEnd {
     /// `None` while running or after a clean end; the cause after a failure.
     pub failure: Option<UpstreamError>,
     pub complete: bool,
-    pub bytes: u64,
 }
 
 /// Where the relayed bytes come from.
@@ -190,12 +189,8 @@ impl Body for UpstreamBody {
         }
         match this.incoming.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                // No per-frame lock: `ProxyBody` counts the bytes the client gets.
                 this.idle.progress();
-                if let Some(data) = frame.data_ref() {
-                    if let Ok(mut end) = this.end.lock() {
-                        end.bytes += data.len() as u64;
-                    }
-                }
                 if this.incoming.is_end_stream() {
                     this.finish();
                 }

@@ -298,12 +298,8 @@ pub async fn send(
     let read_before = conn.stats.read.load(Ordering::Relaxed);
     let written_before = conn.stats.written.load(Ordering::Relaxed);
     let reuse = conn.reuse;
-    let is_head = request.method() == http::Method::HEAD;
-    let context = classify::ExchangeContext {
-        reuse,
-        server: server.addr.clone(),
-        method: request.method().clone(),
-    };
+    let method = request.method().clone();
+    let is_head = method == http::Method::HEAD;
 
     let exchange = async {
         match &mut conn.sender {
@@ -341,6 +337,13 @@ pub async fn send(
                 Sent::Nothing
             } else {
                 sent
+            };
+            // Built only on failure: a named or unix server's address would be cloned for
+            // nothing on every successful exchange.
+            let context = classify::ExchangeContext {
+                reuse,
+                server: server.addr.clone(),
+                method,
             };
             let mut error = classify::exchange_error(error, &context, sent, read);
             error.reuse = reuse;
