@@ -188,9 +188,18 @@ pub fn check(path: &Path) -> ExitCode {
 }
 
 /// Installs the error log (tracing) on stderr; `RUST_LOG` overrides the configured level.
+///
+/// rustls logs what a client did wrong (an IP address as SNI, say) at WARN once per
+/// connection; causeway reports TLS failures itself, so rustls is held to errors unless the
+/// configured level names it.
 pub fn init_tracing(level: &str, format: LogFormat) {
+    let level = if level.contains("rustls") || level == "off" {
+        level.to_string()
+    } else {
+        format!("{level},rustls=error")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
