@@ -233,14 +233,13 @@ impl Upstream {
     }
 
     /// Picks a healthy server, skipping those in `tried` when another is available.
+    /// Allocates nothing: it runs once per request.
     fn pick(&self, tried: &[ServerAddr]) -> Result<Arc<Server>, UpstreamError> {
         let now = Instant::now();
-        let healthy: Vec<&Arc<Server>> = self
-            .servers
-            .iter()
-            .filter(|s| s.health.is_up(now))
-            .collect();
-        if healthy.is_empty() {
+        let up = |s: &&Arc<Server>| s.health.is_up(now);
+        let untried = |s: &&Arc<Server>| !tried.contains(&s.addr);
+        let healthy = self.servers.iter().filter(up).count();
+        if healthy == 0 {
             let retry_after = self
                 .servers
                 .iter()
@@ -262,27 +261,39 @@ impl Upstream {
             err.retry_after = retry_after;
             return Err(err);
         }
-        let fresh: Vec<&Arc<Server>> = healthy
-            .iter()
-            .copied()
-            .filter(|s| !tried.contains(&s.addr))
-            .collect();
-        let candidates = if fresh.is_empty() { healthy } else { fresh };
-        let chosen = match self.config.balance {
-            config::Balance::RoundRobin => {
-                let n = self.next.fetch_add(1, Ordering::Relaxed);
-                candidates[n % candidates.len()]
-            }
-            config::Balance::LeastConn => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                let len = candidates.len();
-                (0..len)
-                    .map(|i| candidates[(start + i) % len])
-                    .min_by_key(|s| s.active.load(Ordering::Relaxed))
-                    .unwrap_or(candidates[0])
-            }
+        // Healthy servers not tried yet, else every healthy one (a retry may go back).
+        let fresh = if tried.is_empty() {
+            healthy
+        } else {
+            self.servers.iter().filter(up).filter(untried).count()
         };
-        Ok(chosen.clone())
+        let only_fresh = fresh > 0 && fresh < healthy;
+        let candidates = || {
+            self.servers
+                .iter()
+                .filter(up)
+                .filter(move |s| !only_fresh || untried(s))
+        };
+        let len = if only_fresh { fresh } else { healthy };
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % len;
+        let chosen = match self.config.balance {
+            config::Balance::RoundRobin => candidates().nth(start),
+            // Fewest active requests; ties go to the first from the rotating start.
+            config::Balance::LeastConn => candidates()
+                .enumerate()
+                .min_by_key(|(i, s)| (s.active.load(Ordering::Relaxed), (i + len - start) % len))
+                .map(|(_, s)| s),
+        };
+        match chosen {
+            Some(server) => Ok(server.clone()),
+            // Health changed between the passes: take whichever is up now, else the first.
+            None => Ok(self
+                .servers
+                .iter()
+                .find(up)
+                .unwrap_or(&self.servers[0])
+                .clone()),
+        }
     }
 
     /// Sends one request, retrying as `retry` allows, and reports every attempt.
@@ -388,4 +399,88 @@ impl Drop for ActiveGuard<'_> {
 /// A whole body buffered in memory, for replayable requests and error pages.
 pub fn full_body(bytes: impl Into<Bytes>) -> exchange::RequestBody {
     exchange::RequestBody::full(bytes.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(balance: &str) -> Arc<Upstream> {
+        let text = format!(
+            "[upstreams.app]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n\
+             balance = \"{balance}\"\nhealth = {{ max_fails = 1, fail_timeout = \"10s\" }}\n\
+             [[routes]]\npath = \"/\"\nupstream = \"app\"\n"
+        );
+        let config = crate::config::parse(&text, std::path::Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let state = crate::state::State::build(config).expect("state builds");
+        state.upstreams[0].clone()
+    }
+
+    fn port(server: &Server) -> u16 {
+        match &server.addr {
+            ServerAddr::Ip(addr) => addr.port(),
+            other => panic!("unexpected server {other:?}"),
+        }
+    }
+
+    fn picks(upstream: &Upstream, tried: &[ServerAddr], n: usize) -> Vec<u16> {
+        (0..n)
+            .map(|_| port(&upstream.pick(tried).expect("a server")))
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_rotates_over_healthy_servers_and_skips_the_down_one() {
+        let upstream = upstream("round_robin");
+        let mut seen = picks(&upstream, &[], 6);
+        seen.sort_unstable();
+        assert_eq!(seen, [1, 1, 2, 2, 3, 3]);
+        upstream.servers[1]
+            .health
+            .record_failure(Cause::ConnectRefused);
+        let seen = picks(&upstream, &[], 6);
+        assert!(!seen.contains(&2), "a down server is not picked: {seen:?}");
+        assert!(seen.contains(&1) && seen.contains(&3), "{seen:?}");
+    }
+
+    #[test]
+    fn a_retry_goes_to_a_server_not_tried_yet_while_there_is_one() {
+        let upstream = upstream("round_robin");
+        let tried = [
+            upstream.servers[0].addr.clone(),
+            upstream.servers[2].addr.clone(),
+        ];
+        assert_eq!(picks(&upstream, &tried, 4), [2, 2, 2, 2]);
+        // Every server tried: any healthy one may be tried again.
+        let all: Vec<ServerAddr> = upstream.servers.iter().map(|s| s.addr.clone()).collect();
+        assert_eq!(picks(&upstream, &all, 3).len(), 3);
+    }
+
+    #[test]
+    fn least_conn_picks_the_server_with_fewest_requests_in_flight() {
+        let upstream = upstream("least_conn");
+        upstream.servers[0].active.store(5, Ordering::Relaxed);
+        upstream.servers[1].active.store(1, Ordering::Relaxed);
+        upstream.servers[2].active.store(3, Ordering::Relaxed);
+        assert_eq!(picks(&upstream, &[], 4), [2, 2, 2, 2]);
+        // Ties rotate instead of always landing on the first server.
+        for server in &upstream.servers {
+            server.active.store(0, Ordering::Relaxed);
+        }
+        let mut seen = picks(&upstream, &[], 3);
+        seen.sort_unstable();
+        assert_eq!(seen, [1, 2, 3]);
+    }
+
+    #[test]
+    fn every_server_down_is_no_healthy_upstream() {
+        let upstream = upstream("round_robin");
+        for server in &upstream.servers {
+            server.health.record_failure(Cause::ConnectRefused);
+        }
+        let error = upstream.pick(&[]).expect_err("nothing to pick");
+        assert_eq!(error.cause, Cause::NoHealthyUpstream);
+        assert!(error.retry_after.is_some());
+    }
 }
