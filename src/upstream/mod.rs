@@ -332,8 +332,10 @@ impl Upstream {
             }
         };
         let _active = ActiveGuard::new(&server.active);
+        // The FastCGI and connect futures are boxed: inline, their state would make every
+        // request's future (moved into a box per request by the service) a third larger.
         if self.config.protocol == config::Protocol::FastCgi {
-            return fastcgi::attempt(self, server, request, timings, permit).await;
+            return Box::pin(fastcgi::attempt(self, server, request, timings, permit)).await;
         }
         let is_upgrade = exchange::is_upgrade_request(&request);
         let pooled = if is_upgrade || fresh {
@@ -345,7 +347,7 @@ impl Upstream {
             Some(conn) => conn,
             None => {
                 let started = Instant::now();
-                match self.connector.connect(&server.addr, is_upgrade).await {
+                match Box::pin(self.connector.connect(&server.addr, is_upgrade)).await {
                     Ok(conn) => {
                         timings.connect = Some(started.elapsed());
                         conn
