@@ -65,6 +65,8 @@ pub struct Proxy {
     state: Arc<ArcSwap<State>>,
     access: AccessLog,
     client: ClientInfo,
+    /// Requests open on an HTTP/2 connection, so an idle one can be closed.
+    streams: Option<Arc<crate::server::conn::Streams>>,
 }
 
 impl Proxy {
@@ -74,7 +76,15 @@ impl Proxy {
             state,
             access,
             client,
+            streams: None,
         }
+    }
+
+    /// Counts this connection's open requests in `streams` (HTTP/2 only: an HTTP/1.1
+    /// connection's idleness is hyper's header timer).
+    pub fn count_streams(mut self, streams: Arc<crate::server::conn::Streams>) -> Proxy {
+        self.streams = Some(streams);
+        self
     }
 }
 
@@ -87,11 +97,14 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
         let state = self.state.load_full();
         let access = self.access.clone();
         let client = self.client.clone();
+        let stream = self.streams.as_ref().map(|s| s.open());
         Box::pin(async move {
             let tally = crate::metrics::RequestTally::start();
             let mut response = handle(state, access, client, request, &tally).await;
             let in_flight = tally.responded(response.status());
             response.body_mut().in_flight = Some(in_flight);
+            // Open until the response body is over (or dropped with this future).
+            response.body_mut().stream = stream;
             Ok(response)
         })
     }
@@ -789,6 +802,8 @@ pub struct ProxyBody {
     bytes_out: u64,
     /// Counts the request in the metrics when the body is over.
     in_flight: Option<crate::metrics::InFlight>,
+    /// Keeps the HTTP/2 connection's request count until the body is over.
+    stream: Option<crate::server::conn::OpenStream>,
     /// An upstream body failure held back for one poll, so hyper flushes first.
     failed: Option<BodyAborted>,
 }
@@ -807,6 +822,7 @@ impl ProxyBody {
             log,
             bytes_out: 0,
             in_flight: None,
+            stream: None,
             failed: None,
         }
     }
@@ -817,6 +833,7 @@ impl ProxyBody {
             log,
             bytes_out: 0,
             in_flight: None,
+            stream: None,
             failed: None,
         };
         if let Inner::Full(Some(bytes)) = &body.inner {

@@ -1483,3 +1483,34 @@ async fn h2_authority_and_different_host_do_not_split() {
         other => panic!("unexpected answer: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed_after_request_header_timeout() {
+    let h = start_with_server("request_header_timeout = \"1s\"").await;
+    let stream = TcpStream::connect(h.addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 prior-knowledge handshake");
+    let connection = tokio::spawn(conn);
+    let request = http::Request::get("http://test.local/ok")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("h2 response");
+    assert_eq!(response.status(), 200);
+    drop(response);
+    let idle_since = Instant::now();
+    // Nothing open now: the proxy must close it (GOAWAY) about 1 s later, not hold it forever.
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    let after = idle_since.elapsed();
+    assert!(
+        closed.is_ok(),
+        "idle HTTP/2 connection still open after 5 s"
+    );
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}, before request_header_timeout"
+    );
+}

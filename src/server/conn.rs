@@ -13,6 +13,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -20,6 +22,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::cause::Cause;
@@ -107,10 +110,20 @@ where
     } = serve;
     match protocol {
         Protocol::Http2 => {
+            let streams = Arc::new(Streams::default());
+            let proxy = proxy.count_streams(streams.clone());
             let mut conn = http.h2.serve_connection(TokioIo::new(io), proxy);
+            // Closed (GOAWAY) on shutdown, or after `request_header_timeout` without an open
+            // request, like an idle HTTP/1.1 connection: idle ones must not pile up against
+            // `max_connections`.
             let result = tokio::select! {
                 result = &mut conn => result,
                 _ = drain.cancelled() => {
+                    Pin::new(&mut conn).graceful_shutdown();
+                    conn.await
+                }
+                _ = streams.idle_for(http.header_timeout) => {
+                    tracing::debug!("HTTP/2 client connection idle for request_header_timeout: closed");
                     Pin::new(&mut conn).graceful_shutdown();
                     conn.await
                 }
@@ -156,6 +169,51 @@ where
                 None => tracing::debug!(error = %error, "client connection ended with an error"),
             }
         }
+    }
+}
+
+/// The requests open on one HTTP/2 connection, to tell when it has been idle long enough.
+#[derive(Debug, Default)]
+pub struct Streams {
+    open: AtomicUsize,
+    changed: Notify,
+}
+
+impl Streams {
+    /// Counts one request as open until the returned guard is dropped.
+    pub fn open(self: &Arc<Self>) -> OpenStream {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+        OpenStream(self.clone())
+    }
+
+    /// Resolves once no request has been open for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the count is read, so no change between the two is missed.
+            changed.as_mut().enable();
+            if self.open.load(Ordering::Relaxed) > 0 {
+                changed.await;
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(timeout) => return,
+                _ = changed => {}
+            }
+        }
+    }
+}
+
+/// One open request on an HTTP/2 connection (see [`Streams`]).
+#[derive(Debug)]
+pub struct OpenStream(Arc<Streams>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -399,6 +457,28 @@ mod tests {
             Some((Protocol::Http1, b"PROPFIND / HTTP/1.1\r\n".to_vec()))
         );
         assert_eq!(sniffed(&[]).await, None, "closed before a byte");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_is_idle_only_with_no_request_open_for_the_whole_timeout() {
+        let streams = Arc::new(Streams::default());
+        let timeout = Duration::from_secs(10);
+        let open = streams.open();
+        let idle = tokio::time::timeout(Duration::from_secs(30), streams.idle_for(timeout));
+        tokio::pin!(idle);
+        // A request open for 20 s: not idle, however long it takes.
+        tokio::select! {
+            _ = &mut idle => panic!("idle while a request was open"),
+            _ = tokio::time::sleep(Duration::from_secs(20)) => {}
+        }
+        let closed_at = tokio::time::Instant::now();
+        drop(open);
+        assert!(idle.await.is_ok(), "idle once the request ended");
+        assert_eq!(
+            closed_at.elapsed(),
+            timeout,
+            "counted from the last request's end"
+        );
     }
 
     #[test]
