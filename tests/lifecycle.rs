@@ -458,3 +458,41 @@ async fn workers_share_the_listener_and_keep_their_own_upstream_connections() {
     let lines = causeway.access_lines();
     assert_eq!(lines.len(), 120, "one access-log line per request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_does_not_wait_for_connections_that_never_asked_anything() {
+    let faults = start_faults().await;
+    let dir = TempDir::new("silent-clients");
+    // Long enough that waiting for these connections would be plain to see.
+    let server = "request_header_timeout = \"20s\"\nshutdown_timeout = \"20s\"\n";
+    let mut causeway = Causeway::start(&dir, &routed_to(&dir, server, faults.http));
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(TcpStream::connect(causeway.addr).await.expect("connect"));
+    }
+    assert_ok(
+        &get(causeway.addr, "/ok").await,
+        "GET /ok beside the silent clients",
+    );
+    let stopping = Instant::now();
+    causeway.signal("TERM");
+    let status = causeway.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit 0 expected, got {status:?}; stderr:\n{}",
+        causeway.stderr()
+    );
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}: it waited for connections that never sent a request",
+        stopping.elapsed()
+    );
+    assert!(
+        causeway
+            .stderr()
+            .contains("all in-flight requests finished"),
+        "a clean drain: {}",
+        causeway.stderr()
+    );
+    drop(silent);
+}

@@ -89,7 +89,11 @@ where
 {
     let (protocol, io) = match alpn {
         Some(protocol) => (protocol, Replay::new(Bytes::new(), io)),
-        None => match tokio::time::timeout(http.header_timeout, sniff(io)).await {
+        None => match tokio::select! {
+            sniffed = tokio::time::timeout(http.header_timeout, sniff(io)) => sniffed,
+            // Shutting down: a connection that has not asked for anything is just closed.
+            _ = serve.drain.cancelled() => return,
+        } {
             Ok(Ok(Some(found))) => found,
             Ok(Ok(None)) => return, // closed before sending anything
             Ok(Err(e)) => {

@@ -417,7 +417,11 @@ async fn serve_tls<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    match tokio::time::timeout(handshake_timeout, acceptor.accept(io)).await {
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(io)) => handshake,
+        _ = serve.drain.cancelled() => return, // shutting down: nothing was asked yet
+    };
+    match handshake {
         Ok(Ok(tls)) => {
             let alpn = match tls.get_ref().1.alpn_protocol() {
                 Some(b"h2") => conn::Protocol::Http2,
