@@ -148,6 +148,44 @@ pub struct AccessRecord {
     pub fastcgi_stderr: Option<String>,
 }
 
+impl AccessRecord {
+    /// The record of a request as it arrives: who asked for what; the outcome is filled in
+    /// as the request goes.
+    pub fn arriving(
+        request_id: String,
+        client: String,
+        method: String,
+        host: String,
+        path: String,
+        version: &'static str,
+    ) -> AccessRecord {
+        AccessRecord {
+            time: SystemTime::now(),
+            request_id,
+            client,
+            method,
+            host,
+            path,
+            version,
+            status: 0,
+            upstream_status: None,
+            cause: None,
+            upstream: None,
+            server: None,
+            attempts: Vec::new(),
+            connect: None,
+            header: None,
+            total: Duration::ZERO,
+            bytes_in: 0,
+            bytes_out: 0,
+            complete: false,
+            referer: None,
+            user_agent: None,
+            fastcgi_stderr: None,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct JsonLine<'a> {
     ts: String,

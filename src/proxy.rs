@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -162,35 +162,21 @@ async fn handle(
     let host = effective_host(&request);
     // Built only when it will be written: `access_log = "off"` costs nothing per request.
     let record = access.is_enabled().then(|| AccessRecord {
-        time: SystemTime::now(),
-        request_id: request_id.clone(),
-        client: client
-            .peer
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "unix".to_string()),
-        method: request.method().to_string(),
-        host: host.clone().unwrap_or_default(),
-        path: request
-            .uri()
-            .path_and_query()
-            .map(|pq| pq.as_str().to_string())
-            .unwrap_or_else(|| "/".to_string()),
-        version: version_name(request.version()),
-        status: 0,
-        upstream_status: None,
-        cause: None,
-        upstream: None,
-        server: None,
-        attempts: Vec::new(),
-        connect: None,
-        header: None,
-        total: Duration::ZERO,
-        bytes_in: 0,
-        bytes_out: 0,
-        complete: false,
         referer: header_string(&request, header::REFERER),
         user_agent: header_string(&request, header::USER_AGENT),
-        fastcgi_stderr: None,
+        ..AccessRecord::arriving(
+            request_id.clone(),
+            client
+                .peer
+                .map_or_else(|| "unix".to_string(), |p| p.to_string()),
+            request.method().to_string(),
+            host.clone().unwrap_or_default(),
+            request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
+            version_name(request.version()),
+        )
     });
     let mut guard = LogGuard {
         record,

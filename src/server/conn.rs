@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::server::conn::{http1, http2};
@@ -303,30 +303,20 @@ fn unfinished_request(client: &ClientInfo, partial: &[u8], ended: HyperEnded) ->
     let method = words.next().filter(|m| !m.is_empty());
     let path = words.next().filter(|p| !p.is_empty());
     AccessRecord {
-        time: SystemTime::now(),
-        request_id: crate::headers::new_request_id(),
-        client: client
-            .peer
-            .map_or_else(|| "unix".to_string(), |p| p.to_string()),
-        method: method.unwrap_or_else(|| "-".into()),
-        host: String::new(),
-        path: path.unwrap_or_else(|| "-".into()),
-        version: "HTTP/1.1",
         status,
-        upstream_status: None,
         cause,
-        upstream: None,
-        server: None,
-        attempts: Vec::new(),
-        connect: None,
-        header: None,
-        total: Duration::ZERO,
         bytes_in: partial.len() as u64,
-        bytes_out: 0,
         complete: ended != HyperEnded::HeadTimeout,
-        referer: None,
-        user_agent: None,
-        fastcgi_stderr: None,
+        ..AccessRecord::arriving(
+            crate::headers::new_request_id(),
+            client
+                .peer
+                .map_or_else(|| "unix".to_string(), |p| p.to_string()),
+            method.unwrap_or_else(|| "-".into()),
+            String::new(),
+            path.unwrap_or_else(|| "-".into()),
+            "HTTP/1.1",
+        )
     }
 }
 
