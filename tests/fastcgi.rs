@@ -67,33 +67,6 @@ async fn start_php_with(pool: Pool, head: &str, fastcgi_extra: &str, extra: &str
     }
 }
 
-/// Sends a request with any body (e.g. a stream, which hyper sends chunked).
-async fn send_any<B>(addr: SocketAddr, request: Request<B>) -> Reply
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let stream = TcpStream::connect(addr).await.expect("connect to proxy");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("client handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let response = sender.send_request(request).await.expect("response head");
-    let (parts, body) = response.into_parts();
-    let body = match tokio::time::timeout(Duration::from_secs(20), body.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("body timed out in the test client".to_string()),
-    };
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
 /// Asserts a clean relayed answer: status, and an access-log line with `cause` null and the
 /// same `upstream_status`. Returns the line.
 async fn assert_relayed(access: &AccessLog, reply: &Reply, status: u16) -> serde_json::Value {
@@ -267,7 +240,7 @@ async fn chunked_post_of_unknown_length_is_spooled_and_echoed() {
         .header("content-type", "application/octet-stream")
         .body(chunked(&body, 64 * 1024 + 3))
         .expect("request");
-    let reply = send_any(p.addr, request).await;
+    let reply = send(p.addr, request).await;
     let line = assert_relayed(&p.access, &reply, 200).await;
     let echoed = reply.body.as_ref().expect("complete body");
     assert_eq!(echoed.len(), body.len(), "echoed length");
@@ -280,7 +253,7 @@ async fn chunked_post_of_unknown_length_is_spooled_and_echoed() {
         .header("content-type", "application/octet-stream")
         .body(chunked(&body[..1000], 300))
         .expect("request");
-    let reply = send_any(p.addr, request).await;
+    let reply = send(p.addr, request).await;
     assert_relayed(&p.access, &reply, 200).await;
     let info = reply.json();
     assert_eq!(info["CONTENT_LENGTH"], "1000", "{info}");
@@ -334,7 +307,7 @@ async fn chunked_post_over_max_spool_body_is_411_without_php() {
         .header("host", "test.local")
         .body(chunked(&pattern(100 * 1024), 16 * 1024))
         .expect("request");
-    let reply = send_any(p.addr, request).await;
+    let reply = send(p.addr, request).await;
     assert_eq!(
         reply.status,
         StatusCode::LENGTH_REQUIRED,

@@ -126,8 +126,12 @@ impl Reply {
     }
 }
 
-/// Sends one request on a new HTTP/1.1 connection.
-pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
+/// Sends one request on a new HTTP/1.1 connection; any body (a stream goes chunked).
+pub async fn send<B>(addr: SocketAddr, request: Request<B>) -> Reply
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr).await.expect("connect to proxy");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
