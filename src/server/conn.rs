@@ -106,74 +106,86 @@ where
             }
         },
     };
+    match protocol {
+        // Boxed: an HTTP/2 connection future is large, and every idle HTTP/1.1 connection
+        // would otherwise carry its size.
+        Protocol::Http2 => Box::pin(serve_h2(http, io, serve)).await,
+        Protocol::Http1 => serve_h1(http, io, serve).await,
+    }
+}
+
+/// Serves an HTTP/2 connection until it ends, is drained, or sits idle too long.
+async fn serve_h2<I>(http: &Http, io: Replay<I>, serve: Serve)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let streams = Arc::new(Streams::default());
+    let proxy = serve.proxy.count_streams(streams.clone());
+    let mut conn = http.h2.serve_connection(TokioIo::new(io), proxy);
+    // Closed (GOAWAY) on shutdown, or after `request_header_timeout` without an open request,
+    // like an idle HTTP/1.1 connection: idle ones must not pile up against `max_connections`.
+    let result = tokio::select! {
+        result = &mut conn => result,
+        _ = serve.drain.cancelled() => {
+            Pin::new(&mut conn).graceful_shutdown();
+            conn.await
+        }
+        _ = streams.idle_for(http.header_timeout) => {
+            tracing::debug!("HTTP/2 client connection idle for request_header_timeout: closed");
+            Pin::new(&mut conn).graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP/2 client connection ended with an error");
+    }
+}
+
+/// Serves an HTTP/1.1 connection until it ends or is drained, and accounts for the request
+/// hyper ended on its own, if any.
+async fn serve_h1<I>(http: &Http, io: Replay<I>, serve: Serve)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let Serve {
         proxy,
         drain,
         access,
         client,
     } = serve;
-    match protocol {
-        Protocol::Http2 => {
-            let streams = Arc::new(Streams::default());
-            let proxy = proxy.count_streams(streams.clone());
-            let mut conn = http.h2.serve_connection(TokioIo::new(io), proxy);
-            // Closed (GOAWAY) on shutdown, or after `request_header_timeout` without an open
-            // request, like an idle HTTP/1.1 connection: idle ones must not pile up against
-            // `max_connections`.
-            let result = tokio::select! {
-                result = &mut conn => result,
-                _ = drain.cancelled() => {
-                    Pin::new(&mut conn).graceful_shutdown();
-                    conn.await
-                }
-                _ = streams.idle_for(http.header_timeout) => {
-                    tracing::debug!("HTTP/2 client connection idle for request_header_timeout: closed");
-                    Pin::new(&mut conn).graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "HTTP/2 client connection ended with an error");
-            }
+    let mut conn = http
+        .h1
+        .serve_connection(TokioIo::new(io), proxy)
+        .with_upgrades();
+    let result = tokio::select! {
+        result = &mut conn => result,
+        _ = drain.cancelled() => {
+            Pin::new(&mut conn).graceful_shutdown();
+            (&mut conn).await
         }
-        Protocol::Http1 => {
-            let mut conn = http
-                .h1
-                .serve_connection(TokioIo::new(io), proxy)
-                .with_upgrades();
-            let result = tokio::select! {
-                result = &mut conn => result,
-                _ = drain.cancelled() => {
-                    Pin::new(&mut conn).graceful_shutdown();
-                    (&mut conn).await
-                }
-            };
-            let Err(error) = result else {
-                return;
-            };
-            match ended_by_hyper(&error) {
-                Some(ended) => {
-                    let parts = conn.into_parts();
-                    let partial = parts.as_ref().map_or(&[][..], |p| &p.read_buf[..]);
-                    if ended == HyperEnded::HeadTimeout && partial.is_empty() {
-                        // An idle keep-alive connection: closed quietly, nothing was asked.
-                        return;
-                    }
-                    let mut record = unfinished_request(&client, partial, ended);
-                    if ended == HyperEnded::HeadTimeout {
-                        record.total = http.header_timeout;
-                    }
-                    if ended == HyperEnded::HeadTimeout {
-                        if let Some(parts) = parts {
-                            record.bytes_out = answer_timeout(parts.io.into_inner(), &record).await;
-                        }
-                    }
-                    log_unfinished(&access, record);
-                }
-                None => tracing::debug!(error = %error, "client connection ended with an error"),
-            }
+    };
+    let Err(error) = result else {
+        return;
+    };
+    let Some(ended) = ended_by_hyper(&error) else {
+        tracing::debug!(error = %error, "client connection ended with an error");
+        return;
+    };
+    let parts = conn.into_parts();
+    let partial = parts.as_ref().map_or(&[][..], |p| &p.read_buf[..]);
+    if ended == HyperEnded::HeadTimeout && partial.is_empty() {
+        // An idle keep-alive connection: closed quietly, nothing was asked.
+        return;
+    }
+    let mut record = unfinished_request(&client, partial, ended);
+    if ended == HyperEnded::HeadTimeout {
+        record.total = http.header_timeout;
+        if let Some(parts) = parts {
+            // Boxed: rare, and its future would otherwise sit in every connection's.
+            record.bytes_out = Box::pin(answer_timeout(parts.io.into_inner(), &record)).await;
         }
     }
+    log_unfinished(&access, record);
 }
 
 /// The requests open on one HTTP/2 connection, to tell when it has been idle long enough.
