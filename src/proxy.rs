@@ -54,10 +54,17 @@ pub struct ClientInfo {
     pub tls: bool,
 }
 
-/// The HTTP version the client spoke (the upstream request's own version may differ): FastCGI
-/// reports it as SERVER_PROTOCOL.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientVersion(pub http::Version);
+/// What the layers below the proxy need to know about the request they carry, kept in one
+/// request extension: one allocation per request (and per retry copy), not one per fact.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// The request id, so every layer can log it.
+    pub id: RequestId,
+    pub client: ClientInfo,
+    /// The HTTP version the client spoke (the upstream request's own version may differ):
+    /// FastCGI reports it as SERVER_PROTOCOL.
+    pub client_version: http::Version,
+}
 
 /// The service for one client connection.
 #[derive(Clone)]
@@ -358,11 +365,11 @@ async fn handle(
         http::Version::HTTP_11
     };
     parts.extensions = http::Extensions::new();
-    parts
-        .extensions
-        .insert(RequestId(Arc::from(request_id.as_str())));
-    parts.extensions.insert(client.clone());
-    parts.extensions.insert(ClientVersion(client_version));
+    parts.extensions.insert(RequestContext {
+        id: RequestId(Arc::from(request_id.as_str())),
+        client: client.clone(),
+        client_version,
+    });
     let upstream_request = Request::from_parts(parts, body);
 
     let outcome: Outcome = upstream.send(upstream_request).await;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use causeway::config::{AccessFormat, AccessLogTarget};
 use causeway::log::AccessLog;
-use causeway::proxy::RequestId;
+use causeway::proxy::{ClientInfo, RequestContext, RequestId};
 use causeway::state::State;
 use causeway::upstream::body::BodyEnd;
 use causeway::upstream::connect::{Counted, IoStats};
@@ -205,7 +205,15 @@ pub fn upstream_hop(c: &mut Criterion) {
         .expect("bench state builds");
     let upstream = state.upstreams[0].clone();
     let head = rewritten_head();
-    let request_id = RequestId(Arc::from("0196a4c2-7f3a-7c1e-9b2d-5e8f0a1b2c3d"));
+    let context = RequestContext {
+        id: RequestId(Arc::from("0196a4c2-7f3a-7c1e-9b2d-5e8f0a1b2c3d")),
+        client: ClientInfo {
+            peer: Some(([127, 0, 0, 1], 40000).into()),
+            local: Some(([127, 0, 0, 1], 8080).into()),
+            tls: false,
+        },
+        client_version: http::Version::HTTP_11,
+    };
     let mut group = c.benchmark_group("upstream_hop");
     group.bench_function("causeway_upstream_send", |b| {
         b.iter_custom(|iters| {
@@ -214,7 +222,7 @@ pub fn upstream_hop(c: &mut Criterion) {
                     .body(RequestBody::empty())
                     .expect("a static request");
                 *request.headers_mut() = head.clone();
-                request.extensions_mut().insert(request_id.clone());
+                request.extensions_mut().insert(context.clone());
                 let outcome = upstream.send(request).await;
                 let response = outcome
                     .result

@@ -23,7 +23,7 @@ use crate::cause::Cause;
 use crate::classify;
 use crate::config;
 use crate::fastcgi::{self, Exchange, FastCgiRequest, FastCgiSettings, ScriptPathError};
-use crate::proxy::ClientInfo;
+use crate::proxy::RequestContext;
 
 /// Most STDERR kept per request, for the error and access logs.
 const STDERR_LIMIT: usize = 4096;
@@ -58,8 +58,8 @@ pub async fn attempt(
     let config = &upstream.config;
     let request_id = request
         .extensions()
-        .get::<crate::proxy::RequestId>()
-        .cloned()
+        .get::<RequestContext>()
+        .map(|context| context.id.clone())
         .unwrap_or_default();
     let Some(fastcgi_config) = &config.fastcgi else {
         let error = UpstreamError::new(Cause::FastcgiProtocolError, "fastcgi settings missing")
@@ -207,7 +207,8 @@ fn build_params(
     request: &Request<RequestBody>,
     config: &config::FastCgi,
 ) -> Result<fastcgi::Params, String> {
-    let client = request.extensions().get::<ClientInfo>();
+    let context = request.extensions().get::<RequestContext>();
+    let client = context.map(|context| &context.client);
     let host = request
         .headers()
         .get(header::HOST)
@@ -230,10 +231,7 @@ fn build_params(
     let meta = fastcgi::RequestMeta {
         method: request.method(),
         target,
-        version: request
-            .extensions()
-            .get::<crate::proxy::ClientVersion>()
-            .map_or(request.version(), |v| v.0),
+        version: context.map_or(request.version(), |context| context.client_version),
         headers: request.headers(),
         authority: &authority,
         client: client.and_then(|c| c.peer),

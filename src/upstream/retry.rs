@@ -18,7 +18,7 @@ use super::exchange::{Failed, RequestBody};
 use super::health::Transition;
 use super::{Attempt, Outcome, Timings, Upstream, UpstreamError};
 use crate::cause::Cause;
-use crate::proxy::RequestId;
+use crate::proxy::RequestContext;
 
 /// Caps retries at a ratio of first attempts, so a failing upstream is not hit by a storm.
 pub struct Budget(TpsBudget);
@@ -52,8 +52,8 @@ pub async fn send_with_retries(upstream: &Upstream, request: Request<RequestBody
         || request.headers().contains_key("idempotency-key");
     let request_id = request
         .extensions()
-        .get::<RequestId>()
-        .cloned()
+        .get::<RequestContext>()
+        .map(|context| context.id.clone())
         .unwrap_or_default();
     upstream.budget().deposit();
 
@@ -200,14 +200,8 @@ fn replay_of(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
     *copy.uri_mut() = request.uri().clone();
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
-    if let Some(id) = request.extensions().get::<RequestId>() {
-        copy.extensions_mut().insert(id.clone());
-    }
-    if let Some(client) = request.extensions().get::<crate::proxy::ClientInfo>() {
-        copy.extensions_mut().insert(client.clone());
-    }
-    if let Some(version) = request.extensions().get::<crate::proxy::ClientVersion>() {
-        copy.extensions_mut().insert(*version);
+    if let Some(context) = request.extensions().get::<RequestContext>() {
+        copy.extensions_mut().insert(context.clone());
     }
     Some(copy)
 }
