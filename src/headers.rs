@@ -22,20 +22,37 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// `Keep-Alive` (RFC 2068 §19.7.1): not in `http::header`.
+pub static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Removes the hop-by-hop fields of one hop. `Trailer` is end-to-end (RFC 9110 §6.6.2) and
 /// stays: hyper only sends trailers a response declared in it. `keep_upgrade` keeps `Connection: upgrade` and
 /// `Upgrade` for a protocol switch; `keep_te_trailers` keeps `TE: trailers` for HTTP/2.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
-    let named: Vec<HeaderName> = headers
+    // Most requests carry none of these fields: one pass over the names settles it.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    // Fields `Connection` names beyond the fixed ones (rare: the fixed ones and `close` are
+    // what clients send), so nothing is allocated for the usual `Connection: keep-alive`.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
+        .map(str::trim)
+    {
+        if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if !is_hop_by_hop(&name) {
+                named.push(name);
+            }
+        }
+    }
     let te_trailers = keep_te_trailers
         && headers
             .get_all(header::TE)
@@ -44,9 +61,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_tra
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     for name in named {
-        if keep_upgrade && name == header::UPGRADE {
-            continue;
-        }
         headers.remove(&name);
     }
     headers.remove(header::CONNECTION);
@@ -62,6 +76,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_tra
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The fields [`strip_hop_by_hop`] removes whatever `Connection` says.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// Whether an incoming `Via` already names us: the request has looped back.
@@ -156,6 +180,8 @@ pub fn is_trusted(peer: Option<IpAddr>, trusted: &[IpNet]) -> bool {
 pub struct ClientHop<'a> {
     /// The peer address; `None` for unix-socket clients.
     pub peer: Option<IpAddr>,
+    /// `peer` as text (`unknown` without one), rendered once per connection.
+    pub peer_text: &'a str,
     /// `http` or `https` as the client spoke to us.
     pub proto: &'static str,
     /// The Host the client asked for.
@@ -172,16 +198,15 @@ pub fn add_forwarded(headers: &mut HeaderMap, mode: ForwardedMode, hop: &ClientH
         headers.remove(&X_FORWARDED_HOST);
         headers.remove(&FORWARDED);
     }
-    let peer = hop
-        .peer
-        .map(|ip| ip.to_string())
-        .unwrap_or_else(|| "unknown".to_string());
+    let peer = hop.peer_text;
     if matches!(mode, ForwardedMode::Xff | ForwardedMode::Both) {
-        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(previous) if !previous.trim().is_empty() => format!("{previous}, {peer}"),
-            _ => peer.clone(),
-        };
-        set(headers, &X_FORWARDED_FOR, &xff);
+        match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(previous) if !previous.trim().is_empty() => {
+                let xff = format!("{previous}, {peer}");
+                set(headers, &X_FORWARDED_FOR, &xff);
+            }
+            _ => set(headers, &X_FORWARDED_FOR, peer),
+        }
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
         }
@@ -197,8 +222,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, mode: ForwardedMode, hop: &ClientH
         // RFC 7239 §6: IPv6 nodes are bracketed and the value quoted.
         let node = match hop.peer {
             Some(IpAddr::V6(v6)) => format!("\"[{v6}]\""),
-            Some(v4) => v4.to_string(),
-            None => "unknown".to_string(),
+            _ => peer.to_string(),
         };
         let mut element = format!("for={node};proto={}", hop.proto);
         if let Some(host) = hop.host {
@@ -259,6 +283,21 @@ mod tests {
     }
 
     #[test]
+    fn any_one_hop_by_hop_field_takes_the_full_path() {
+        // No `Connection` at all: the fixed fields still go, the rest stays as it was.
+        for name in ["keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"] {
+            let mut headers = map(&[("x-kept", "yes"), (name, "1")]);
+            strip_hop_by_hop(&mut headers, false, false);
+            let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, vec!["x-kept"], "{name} alone");
+        }
+        let mut headers = map(&[("connection", "close"), ("x-kept", "yes")]);
+        strip_hop_by_hop(&mut headers, false, false);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
     fn upgrade_survives_for_websocket() {
         let mut headers = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         strip_hop_by_hop(&mut headers, true, false);
@@ -310,6 +349,7 @@ mod tests {
         let mut headers = map(&[("x-forwarded-for", "6.6.6.6")]);
         let hop = ClientHop {
             peer: Some("127.0.0.1".parse().expect("ip")),
+            peer_text: "127.0.0.1",
             proto: "http",
             host: Some("example.com"),
             trusted: false,
@@ -325,6 +365,7 @@ mod tests {
         let mut headers = map(&[("x-forwarded-for", "203.0.113.9")]);
         let hop = ClientHop {
             peer: Some("127.0.0.1".parse().expect("ip")),
+            peer_text: "127.0.0.1",
             proto: "https",
             host: None,
             trusted: true,
@@ -339,6 +380,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         let hop = ClientHop {
             peer: Some("::1".parse().expect("ip")),
+            peer_text: "::1",
             proto: "http",
             host: Some("a.example"),
             trusted: false,

@@ -52,6 +52,25 @@ pub struct ClientInfo {
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
     pub tls: bool,
+    /// The peer's IP address as forwarding headers write it (`unknown` for a unix-socket
+    /// client): rendered once per connection, not once per request.
+    pub peer_text: Arc<str>,
+}
+
+impl ClientInfo {
+    /// A client at `peer` (`None` for a unix-socket client) that reached us at `local`.
+    pub fn new(peer: Option<SocketAddr>, local: Option<SocketAddr>, tls: bool) -> ClientInfo {
+        let peer_text = match peer {
+            Some(peer) => Arc::from(peer.ip().to_string()),
+            None => Arc::from("unknown"),
+        };
+        ClientInfo {
+            peer,
+            local,
+            tls,
+            peer_text,
+        }
+    }
 }
 
 /// What the layers below the proxy need to know about the request they carry, kept in one
@@ -343,6 +362,7 @@ async fn handle(
         server_config.forwarded,
         &headers::ClientHop {
             peer: peer_ip,
+            peer_text: &client.peer_text,
             proto: if client.tls { "https" } else { "http" },
             host: host.as_deref(),
             trusted,

@@ -132,6 +132,7 @@ pub fn headers(c: &mut Criterion) {
     with_id.insert(&X_REQUEST_ID, HeaderValue::from_static("req-7f3a9c"));
     let hop = ClientHop {
         peer: Some("203.0.113.7".parse().expect("literal address")),
+        peer_text: "203.0.113.7",
         proto: "http",
         host: Some(fixtures::HOST),
         trusted: false,

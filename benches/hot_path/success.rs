@@ -207,11 +207,11 @@ pub fn upstream_hop(c: &mut Criterion) {
     let head = rewritten_head();
     let context = RequestContext {
         id: RequestId(Arc::from("0196a4c2-7f3a-7c1e-9b2d-5e8f0a1b2c3d")),
-        client: ClientInfo {
-            peer: Some(([127, 0, 0, 1], 40000).into()),
-            local: Some(([127, 0, 0, 1], 8080).into()),
-            tls: false,
-        },
+        client: ClientInfo::new(
+            Some(([127, 0, 0, 1], 40000).into()),
+            Some(([127, 0, 0, 1], 8080).into()),
+            false,
+        ),
         client_version: http::Version::HTTP_11,
     };
     let mut group = c.benchmark_group("upstream_hop");

@@ -489,11 +489,7 @@ mod tests {
 
     #[test]
     fn an_unfinished_head_is_logged_with_what_its_request_line_says() {
-        let client = ClientInfo {
-            peer: Some("127.0.0.1:4000".parse().expect("addr")),
-            local: None,
-            tls: false,
-        };
+        let client = ClientInfo::new(Some("127.0.0.1:4000".parse().expect("addr")), None, false);
         let record = unfinished_request(
             &client,
             b"GET /slow HTTP/1.1\r\nHost: a",

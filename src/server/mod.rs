@@ -447,23 +447,12 @@ async fn accept(listener: &Listener) -> io::Result<(Accepted, ClientInfo)> {
             let local = stream.local_addr().ok();
             Ok((
                 Accepted::Tcp(stream),
-                ClientInfo {
-                    peer: Some(peer),
-                    local,
-                    tls: false,
-                },
+                ClientInfo::new(Some(peer), local, false),
             ))
         }
         Listener::Unix(listener) => {
             let (stream, _) = listener.accept().await?;
-            Ok((
-                Accepted::Unix(stream),
-                ClientInfo {
-                    peer: None,
-                    local: None,
-                    tls: false,
-                },
-            ))
+            Ok((Accepted::Unix(stream), ClientInfo::new(None, None, false)))
         }
     }
 }

@@ -473,16 +473,17 @@ impl KeepAlive {
         }
         let mut timeout = None;
         let mut max = None;
-        for value in headers.get_all("keep-alive") {
+        for value in headers.get_all(&crate::headers::KEEP_ALIVE) {
             for param in value.to_str().unwrap_or("").split(',') {
                 let Some((name, number)) = param.split_once('=') else {
                     continue;
                 };
                 let number = number.trim().trim_matches('"');
-                match name.trim().to_ascii_lowercase().as_str() {
-                    "timeout" => timeout = number.parse::<u64>().ok().map(Duration::from_secs),
-                    "max" => max = number.parse::<u32>().ok(),
-                    _ => {}
+                let name = name.trim();
+                if name.eq_ignore_ascii_case("timeout") {
+                    timeout = number.parse::<u64>().ok().map(Duration::from_secs);
+                } else if name.eq_ignore_ascii_case("max") {
+                    max = number.parse::<u32>().ok();
                 }
             }
         }

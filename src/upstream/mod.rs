@@ -297,8 +297,12 @@ impl Upstream {
     }
 
     /// Sends one request, retrying as `retry` allows, and reports every attempt.
-    pub async fn send(&self, request: UpstreamRequest) -> Outcome {
-        retry::send_with_retries(self, request).await
+    pub fn send(
+        &self,
+        request: UpstreamRequest,
+    ) -> impl std::future::Future<Output = Outcome> + Send + '_ {
+        // Not an `async fn`: that would wrap the retry loop's future in one more layer.
+        retry::send_with_retries(self, request)
     }
 
     /// One attempt against one server: wait for a slot, check a connection out of the pool
