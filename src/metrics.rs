@@ -9,6 +9,7 @@
 //! Label sets hold `Arc<str>`, `u16` and [`Cause`]: counting allocates nothing on the success
 //! path beyond a reference count.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock};
@@ -100,6 +101,96 @@ pub struct Metrics {
     races_absorbed: Family<UpstreamLabels, Counter>,
 }
 
+/// How many series of each kind a thread keeps handles to; more (a config with hundreds of
+/// routes) are counted through the family's lookup, as before.
+const HOT_HANDLES_MAX: usize = 64;
+
+thread_local! {
+    static HOT_HANDLES: RefCell<HotHandles> = const { RefCell::new(HotHandles::new()) };
+}
+
+/// This thread's handles to the series every proxied request touches. A family lookup
+/// (`Family::get_or_create`) takes the family's shared lock and hashes the label set; with
+/// a handle, counting is one atomic add. A handle shares its series with the family, so
+/// `/metrics` sees every count. Keyed by the label's `Arc<str>` address, which the entry
+/// keeps alive (and so unique): a reloaded route with the same name is a new entry.
+struct HotHandles {
+    requests: Vec<(usize, u16, Route, Counter)>,
+    response_bytes: Vec<(usize, Route, Counter)>,
+    header_seconds: Vec<(usize, Arc<str>, Histogram)>,
+}
+
+impl HotHandles {
+    const fn new() -> HotHandles {
+        HotHandles {
+            requests: Vec::new(),
+            response_bytes: Vec::new(),
+            header_seconds: Vec::new(),
+        }
+    }
+
+    /// Counts one request of `route` answered with `status`.
+    fn count_request(&mut self, metrics: &Metrics, route: &Route, status: u16) {
+        let key = route_key(route);
+        if let Some((.., counter)) = self
+            .requests
+            .iter()
+            .find(|(k, s, ..)| *k == key && *s == status)
+        {
+            counter.inc();
+            return;
+        }
+        let labels = RequestLabels {
+            route: route.clone(),
+            status,
+        };
+        let counter = metrics.requests.get_or_create(&labels).clone();
+        counter.inc();
+        if self.requests.len() < HOT_HANDLES_MAX {
+            self.requests.push((key, status, route.clone(), counter));
+        }
+    }
+
+    /// Counts `bytes` of response body sent for `route`.
+    fn count_response_bytes(&mut self, metrics: &Metrics, route: &Route, bytes: u64) {
+        let key = route_key(route);
+        if let Some((.., counter)) = self.response_bytes.iter().find(|(k, ..)| *k == key) {
+            counter.inc_by(bytes);
+            return;
+        }
+        let labels = RouteLabels {
+            route: route.clone(),
+        };
+        let counter = metrics.response_bytes.get_or_create(&labels).clone();
+        counter.inc_by(bytes);
+        if self.response_bytes.len() < HOT_HANDLES_MAX {
+            self.response_bytes.push((key, route.clone(), counter));
+        }
+    }
+
+    /// Records one header time of `upstream`.
+    fn observe_header(&mut self, metrics: &Metrics, upstream: &Arc<str>, seconds: f64) {
+        let key = upstream.as_ptr() as usize;
+        if let Some((.., histogram)) = self.header_seconds.iter().find(|(k, ..)| *k == key) {
+            histogram.observe(seconds);
+            return;
+        }
+        let labels = UpstreamLabels {
+            upstream: upstream.clone(),
+        };
+        let histogram = metrics.header_seconds.get_or_create(&labels).clone();
+        histogram.observe(seconds);
+        if self.header_seconds.len() < HOT_HANDLES_MAX {
+            self.header_seconds.push((key, upstream.clone(), histogram));
+        }
+    }
+}
+
+/// A route's identity for [`HotHandles`]: its name's address (0 for no route).
+fn route_key(route: &Route) -> usize {
+    route.0.as_ref().map_or(0, |name| name.as_ptr() as usize)
+}
+
 /// The metrics of this process, created on first use.
 pub fn global() -> &'static Metrics {
     static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -180,19 +271,41 @@ impl Metrics {
 
     /// Counts one answered request and the bytes of its bodies.
     fn request_done(&self, route: Route, status: u16, bytes_in: u64, bytes_out: u64) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                status,
-            })
-            .inc();
-        let labels = RouteLabels { route };
+        let cached = self.with_hot_handles(|hot| {
+            hot.count_request(self, &route, status);
+            if bytes_out > 0 {
+                hot.count_response_bytes(self, &route, bytes_out);
+            }
+        });
+        if cached.is_none() {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    route: route.clone(),
+                    status,
+                })
+                .inc();
+            if bytes_out > 0 {
+                self.response_bytes
+                    .get_or_create(&RouteLabels {
+                        route: route.clone(),
+                    })
+                    .inc_by(bytes_out);
+            }
+        }
         if bytes_in > 0 {
-            self.request_bytes.get_or_create(&labels).inc_by(bytes_in);
+            self.request_bytes
+                .get_or_create(&RouteLabels { route })
+                .inc_by(bytes_in);
         }
-        if bytes_out > 0 {
-            self.response_bytes.get_or_create(&labels).inc_by(bytes_out);
+    }
+
+    /// Runs `count` with this thread's [`HotHandles`], if this is the process's registry and
+    /// the handles are free (they always are: nothing in `count` comes back here).
+    fn with_hot_handles<R>(&self, count: impl FnOnce(&mut HotHandles) -> R) -> Option<R> {
+        if !std::ptr::eq(self, global()) {
+            return None;
         }
+        HOT_HANDLES.with(|hot| hot.try_borrow_mut().ok().map(|mut hot| count(&mut hot)))
     }
 
     /// One failed attempt against `server` (any phase, the body phase included).
@@ -213,11 +326,15 @@ impl Metrics {
 
     /// A successful attempt's time from request sent to response head.
     pub fn header_received(&self, upstream: &Arc<str>, elapsed: Duration) {
-        self.header_seconds
-            .get_or_create(&UpstreamLabels {
-                upstream: upstream.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
+        let seconds = elapsed.as_secs_f64();
+        let cached = self.with_hot_handles(|hot| hot.observe_header(self, upstream, seconds));
+        if cached.is_none() {
+            self.header_seconds
+                .get_or_create(&UpstreamLabels {
+                    upstream: upstream.clone(),
+                })
+                .observe(seconds);
+        }
     }
 
     /// An attempt is being sent again; `race` when it is the keep-alive race being absorbed.
@@ -399,6 +516,40 @@ mod tests {
     const CONFIG: &str = "[server]\nlisten = [\"127.0.0.1:0\"]\n\
         [upstreams.app]\nservers = [\"127.0.0.1:1\", \"unix:/run/app.sock\"]\n\
         [[routes]]\npath = \"/\"\nupstream = \"app\"\n";
+
+    #[test]
+    fn counts_through_thread_handles_land_in_the_shared_series() {
+        let metrics = global();
+        let route = Route(Some(Arc::from("hot-handles-test")));
+        for _ in 0..3 {
+            metrics.request_done(route.clone(), 200, 0, 10);
+        }
+        metrics.request_done(route.clone(), 502, 0, 0);
+        // Another worker thread keeps its own handles to the same series.
+        let elsewhere = route.clone();
+        std::thread::spawn(move || global().request_done(elsewhere, 200, 0, 5))
+            .join()
+            .expect("counting thread");
+        // A reload builds the route anew: same name, another `Arc`, the same series.
+        let reloaded = Route(Some(Arc::from("hot-handles-test")));
+        metrics.request_done(reloaded, 200, 0, 0);
+        let count = |status| {
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route.clone(),
+                    status,
+                })
+                .get()
+        };
+        assert_eq!(count(200), 5);
+        assert_eq!(count(502), 1);
+        let bytes = metrics
+            .response_bytes
+            .get_or_create(&RouteLabels { route })
+            .get();
+        assert_eq!(bytes, 35);
+    }
 
     #[test]
     fn cause_label_is_its_contract_name_and_route_defaults_to_none() {
