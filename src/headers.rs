@@ -285,7 +285,13 @@ mod tests {
     #[test]
     fn any_one_hop_by_hop_field_takes_the_full_path() {
         // No `Connection` at all: the fixed fields still go, the rest stays as it was.
-        for name in ["keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"] {
+        for name in [
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+        ] {
             let mut headers = map(&[("x-kept", "yes"), (name, "1")]);
             strip_hop_by_hop(&mut headers, false, false);
             let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
