@@ -30,62 +30,114 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// stays: hyper only sends trailers a response declared in it. `keep_upgrade` keeps `Connection: upgrade` and
 /// `Upgrade` for a protocol switch; `keep_te_trailers` keeps `TE: trailers` for HTTP/2.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
-    // Most requests carry none of these fields: one pass over the names settles it.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names says which of the fixed fields are there; most requests carry
+    // none, and a response usually only `Connection: keep-alive`.
+    let mut present = HopFields::default();
+    for name in headers.keys() {
+        present.note(name);
+    }
+    if !present.any() {
         return;
     }
-    // Fields `Connection` names beyond the fixed ones (rare: the fixed ones and `close` are
-    // what clients send), so nothing is allocated for the usual `Connection: keep-alive`.
-    let mut named: Vec<HeaderName> = Vec::new();
-    for token in headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-    {
-        if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
-            continue;
-        }
-        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-            if !is_hop_by_hop(&name) {
-                named.push(name);
-            }
-        }
-    }
-    let te_trailers = keep_te_trailers
-        && headers
-            .get_all(header::TE)
+    if present.connection {
+        // Fields `Connection` names beyond the fixed ones (rare: the fixed ones and `close`
+        // are what peers send), so nothing is allocated for `keep-alive` or `close`.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for token in headers
+            .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    for name in named {
-        headers.remove(&name);
+            .map(str::trim)
+        {
+            if token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if !is_hop_by_hop(&name) {
+                    named.push(name);
+                }
+            }
+        }
+        for name in named {
+            headers.remove(&name);
+        }
+        headers.remove(header::CONNECTION);
     }
-    headers.remove(header::CONNECTION);
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TE);
-    headers.remove(header::TRANSFER_ENCODING);
-    if keep_upgrade && headers.contains_key(header::UPGRADE) {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
+    if present.keep_alive {
+        headers.remove(&KEEP_ALIVE);
     }
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if present.proxy_connection {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if present.transfer_encoding {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if present.te {
+        let te_trailers = keep_te_trailers
+            && headers
+                .get_all(header::TE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        headers.remove(header::TE);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    if present.upgrade {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        } else {
+            headers.remove(header::UPGRADE);
+        }
+    }
+}
+
+/// Which of the fields [`strip_hop_by_hop`] always removes a head carries.
+#[derive(Default)]
+struct HopFields {
+    connection: bool,
+    keep_alive: bool,
+    proxy_connection: bool,
+    te: bool,
+    transfer_encoding: bool,
+    upgrade: bool,
+}
+
+impl HopFields {
+    fn note(&mut self, name: &HeaderName) {
+        if name == header::CONNECTION {
+            self.connection = true;
+        } else if name == header::TE {
+            self.te = true;
+        } else if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == header::UPGRADE {
+            self.upgrade = true;
+        } else if name == KEEP_ALIVE {
+            self.keep_alive = true;
+        } else if name == PROXY_CONNECTION {
+            self.proxy_connection = true;
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.connection
+            || self.keep_alive
+            || self.proxy_connection
+            || self.te
+            || self.transfer_encoding
+            || self.upgrade
     }
 }
 
 /// The fields [`strip_hop_by_hop`] removes whatever `Connection` says.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+    let mut fields = HopFields::default();
+    fields.note(name);
+    fields.any()
 }
 
 /// Whether an incoming `Via` already names us: the request has looped back.
@@ -192,31 +244,42 @@ pub struct ClientHop<'a> {
 /// Sets X-Forwarded-* and/or Forwarded. Incoming values survive only from trusted peers;
 /// otherwise they are replaced, so a client cannot forge its address.
 pub fn add_forwarded(headers: &mut HeaderMap, mode: ForwardedMode, hop: &ClientHop<'_>) {
+    // Which forwarding fields arrived: one pass over the names, so a request without any
+    // (the usual one) costs no lookups for them.
+    let mut arrived = ForwardingFields::default();
+    for name in headers.keys() {
+        arrived.note(name);
+    }
     if !hop.trusted {
-        headers.remove(&X_FORWARDED_FOR);
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
-        headers.remove(&FORWARDED);
+        arrived.remove_from(headers);
+        arrived = ForwardingFields::default();
     }
     let peer = hop.peer_text;
     if matches!(mode, ForwardedMode::Xff | ForwardedMode::Both) {
-        match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        let previous = if arrived.x_forwarded_for {
+            headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok())
+        } else {
+            None
+        };
+        match previous {
             Some(previous) if !previous.trim().is_empty() => {
                 let xff = format!("{previous}, {peer}");
                 set(headers, &X_FORWARDED_FOR, &xff);
             }
             _ => set(headers, &X_FORWARDED_FOR, peer),
         }
-        if !headers.contains_key(&X_FORWARDED_PROTO) {
+        if !arrived.x_forwarded_proto {
             headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
         }
-        if let (Some(host), false) = (hop.host, headers.contains_key(&X_FORWARDED_HOST)) {
+        if let (Some(host), false) = (hop.host, arrived.x_forwarded_host) {
             set(headers, &X_FORWARDED_HOST, host);
         }
     } else {
-        headers.remove(&X_FORWARDED_FOR);
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
+        ForwardingFields {
+            forwarded: false,
+            ..arrived
+        }
+        .remove_from(headers);
     }
     if matches!(mode, ForwardedMode::Rfc7239 | ForwardedMode::Both) {
         // RFC 7239 §6: IPv6 nodes are bracketed and the value quoted.
@@ -233,13 +296,56 @@ pub fn add_forwarded(headers: &mut HeaderMap, mode: ForwardedMode, hop: &ClientH
                 element.push_str(&format!(";host=\"{host}\""));
             }
         }
-        let value = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
+        let previous = if arrived.forwarded {
+            headers.get(&FORWARDED).and_then(|v| v.to_str().ok())
+        } else {
+            None
+        };
+        let value = match previous {
             Some(previous) if !previous.trim().is_empty() => format!("{previous}, {element}"),
             _ => element,
         };
         set(headers, &FORWARDED, &value);
-    } else {
+    } else if arrived.forwarded {
         headers.remove(&FORWARDED);
+    }
+}
+
+/// Which forwarding fields a request head carries.
+#[derive(Clone, Copy, Default)]
+struct ForwardingFields {
+    x_forwarded_for: bool,
+    x_forwarded_proto: bool,
+    x_forwarded_host: bool,
+    forwarded: bool,
+}
+
+impl ForwardingFields {
+    fn note(&mut self, name: &HeaderName) {
+        if name == X_FORWARDED_FOR {
+            self.x_forwarded_for = true;
+        } else if name == X_FORWARDED_PROTO {
+            self.x_forwarded_proto = true;
+        } else if name == X_FORWARDED_HOST {
+            self.x_forwarded_host = true;
+        } else if name == FORWARDED {
+            self.forwarded = true;
+        }
+    }
+
+    /// Removes the fields marked present from `headers`.
+    fn remove_from(self, headers: &mut HeaderMap) {
+        let fields = [
+            (self.x_forwarded_for, &X_FORWARDED_FOR),
+            (self.x_forwarded_proto, &X_FORWARDED_PROTO),
+            (self.x_forwarded_host, &X_FORWARDED_HOST),
+            (self.forwarded, &FORWARDED),
+        ];
+        for (present, name) in fields {
+            if present {
+                headers.remove(name);
+            }
+        }
     }
 }
 
@@ -379,6 +485,43 @@ mod tests {
         add_forwarded(&mut headers, ForwardedMode::Both, &hop);
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(headers["forwarded"], "for=127.0.0.1;proto=https");
+    }
+
+    #[test]
+    fn the_other_family_is_dropped_even_from_trusted_peers() {
+        let incoming = [
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "a.example"),
+            ("forwarded", "for=203.0.113.9"),
+            ("x-kept", "yes"),
+        ];
+        let hop = ClientHop {
+            peer: Some("127.0.0.1".parse().expect("ip")),
+            peer_text: "127.0.0.1",
+            proto: "http",
+            host: None,
+            trusted: true,
+        };
+        let mut headers = map(&incoming);
+        add_forwarded(&mut headers, ForwardedMode::Rfc7239, &hop);
+        let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["forwarded", "x-kept"]);
+        assert_eq!(
+            headers["forwarded"],
+            "for=203.0.113.9, for=127.0.0.1;proto=http"
+        );
+
+        let mut headers = map(&incoming);
+        add_forwarded(&mut headers, ForwardedMode::Xff, &hop);
+        assert!(!headers.contains_key("forwarded"));
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+        assert_eq!(
+            headers["x-forwarded-proto"], "https",
+            "a trusted peer's value stays"
+        );
+        assert_eq!(headers["x-forwarded-host"], "a.example");
     }
 
     #[test]
