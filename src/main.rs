@@ -8,7 +8,7 @@ use clap::Parser;
 /// channels, the upstream request), and glibc's malloc spent ~17 % of causeway's user-space
 /// instructions on them; jemalloc's per-thread caches cut the whole request by ~10 %
 /// (callgrind, BENCHMARKS.md). Idle memory stays within the target (10,000 idle keep-alive
-/// connections: 77.6 MiB).
+/// connections: 75.6 MiB).
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
