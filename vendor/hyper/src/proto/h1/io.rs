@@ -1,3 +1,4 @@
+use std::cell::RefCell;
 use std::cmp;
 use std::fmt;
 use std::io::{self, IoSlice};
@@ -13,6 +14,35 @@ use crate::common::buf::BufList;
 
 /// The initial buffer size allocated before trying to read from IO.
 pub(crate) const INIT_BUFFER_SIZE: usize = 8192;
+
+/// causeway patch: how many idle-released buffers of each kind a thread keeps for reuse.
+const SPARE_BUFS_MAX: usize = 64;
+
+thread_local! {
+    /// causeway patch: read buffers idle connections on this thread gave back.
+    static SPARE_READ_BUFS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    /// causeway patch: header write buffers idle connections on this thread gave back.
+    static SPARE_HEADER_BUFS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// causeway patch: one of this thread's spare buffers, if it has any.
+fn take_spare<T: 'static>(spares: &'static std::thread::LocalKey<RefCell<Vec<T>>>) -> Option<T> {
+    spares
+        .try_with(|spares| spares.try_borrow_mut().ok().and_then(|mut s| s.pop()))
+        .ok()
+        .flatten()
+}
+
+/// causeway patch: keeps `buf` as a spare of this thread, or frees it when there are enough.
+fn give_spare<T: 'static>(spares: &'static std::thread::LocalKey<RefCell<Vec<T>>>, buf: T) {
+    let _ = spares.try_with(|spares| {
+        if let Ok(mut spares) = spares.try_borrow_mut() {
+            if spares.len() < SPARE_BUFS_MAX {
+                spares.push(buf);
+            }
+        }
+    });
+}
 
 /// The minimum value that can be set to max buffer size.
 pub(crate) const MINIMUM_MAX_BUFFER_SIZE: usize = INIT_BUFFER_SIZE;
@@ -138,6 +168,12 @@ where
 
     pub(crate) fn headers_buf(&mut self) -> &mut Vec<u8> {
         let buf = self.write_buf.headers_mut();
+        if buf.bytes.capacity() == 0 {
+            // causeway patch: a buffer another connection on this thread gave back.
+            if let Some(spare) = take_spare(&SPARE_HEADER_BUFS) {
+                buf.bytes = spare;
+            }
+        }
         &mut buf.bytes
     }
 
@@ -245,6 +281,12 @@ where
                 .max()
                 .saturating_sub(self.read_buf.len()),
         );
+        if self.read_buf.capacity() == 0 {
+            // causeway patch: a buffer another connection on this thread gave back.
+            if let Some(spare) = take_spare(&SPARE_READ_BUFS) {
+                self.read_buf = spare;
+            }
+        }
         if self.read_buf_remaining_mut() < next {
             self.read_buf.reserve(next);
         }
@@ -274,15 +316,20 @@ where
         }
     }
 
-    /// causeway patch: drop the read buffer when it holds nothing and the write buffer's
-    /// header storage when everything is flushed, so a connection waiting idle costs no
-    /// buffer memory (8 KiB + 8 KiB before). The next read or write allocates again.
+    /// causeway patch: give back the read buffer when it holds nothing and the write buffer's
+    /// header storage when everything is flushed, so a connection waiting idle holds no
+    /// buffer memory (8 KiB + 8 KiB before). They go to this thread's spares, for the next
+    /// connection that reads or writes (no allocation per message while the thread is
+    /// busy); beyond `SPARE_BUFS_MAX` spares they are freed.
     pub(crate) fn release_idle_buffers(&mut self) {
         if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
-            self.read_buf = BytesMut::new();
+            give_spare(&SPARE_READ_BUFS, std::mem::take(&mut self.read_buf));
         }
         if self.write_buf.remaining() == 0 && self.write_buf.headers.bytes.capacity() > 0 {
-            self.write_buf.headers = Cursor::new(Vec::new());
+            let mut headers = std::mem::take(&mut self.write_buf.headers.bytes);
+            headers.clear();
+            self.write_buf.headers.pos = 0;
+            give_spare(&SPARE_HEADER_BUFS, headers);
         }
     }
 
