@@ -18,6 +18,10 @@ pub(crate) const INIT_BUFFER_SIZE: usize = 8192;
 /// causeway patch: how many idle-released buffers of each kind a thread keeps for reuse.
 const SPARE_BUFS_MAX: usize = 64;
 
+/// causeway patch: the largest buffer kept as a spare (by its remaining capacity); larger
+/// ones, grown for a large body or head, are freed rather than kept.
+const SPARE_BUF_MAX_BYTES: usize = 2 * INIT_BUFFER_SIZE;
+
 thread_local! {
     /// causeway patch: read buffers idle connections on this thread gave back.
     static SPARE_READ_BUFS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
@@ -323,13 +327,19 @@ where
     /// busy); beyond `SPARE_BUFS_MAX` spares they are freed.
     pub(crate) fn release_idle_buffers(&mut self) {
         if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
-            give_spare(&SPARE_READ_BUFS, std::mem::take(&mut self.read_buf));
+            let read_buf = std::mem::take(&mut self.read_buf);
+            // One grown for a large body is freed, not kept.
+            if read_buf.capacity() <= SPARE_BUF_MAX_BYTES {
+                give_spare(&SPARE_READ_BUFS, read_buf);
+            }
         }
         if self.write_buf.remaining() == 0 && self.write_buf.headers.bytes.capacity() > 0 {
             let mut headers = std::mem::take(&mut self.write_buf.headers.bytes);
-            headers.clear();
             self.write_buf.headers.pos = 0;
-            give_spare(&SPARE_HEADER_BUFS, headers);
+            if headers.capacity() <= SPARE_BUF_MAX_BYTES {
+                headers.clear();
+                give_spare(&SPARE_HEADER_BUFS, headers);
+            }
         }
     }
 
