@@ -115,7 +115,7 @@ thread_local! {
 /// `/metrics` sees every count. Keyed by the label's `Arc<str>` address, which the entry
 /// keeps alive (and so unique): a reloaded route with the same name is a new entry.
 struct HotHandles {
-    requests: Vec<(usize, u16, Route, Counter)>,
+    requests: Vec<((usize, u16), Route, Counter)>,
     response_bytes: Vec<(usize, Route, Counter)>,
     header_seconds: Vec<(usize, Arc<str>, Histogram)>,
 }
@@ -131,58 +131,71 @@ impl HotHandles {
 
     /// Counts one request of `route` answered with `status`.
     fn count_request(&mut self, metrics: &Metrics, route: &Route, status: u16) {
-        let key = route_key(route);
-        if let Some((.., counter)) = self
-            .requests
-            .iter()
-            .find(|(k, s, ..)| *k == key && *s == status)
-        {
-            counter.inc();
-            return;
-        }
-        let labels = RequestLabels {
-            route: route.clone(),
-            status,
+        let fetch = || {
+            let labels = RequestLabels {
+                route: route.clone(),
+                status,
+            };
+            (
+                route.clone(),
+                metrics.requests.get_or_create(&labels).clone(),
+            )
         };
-        let counter = metrics.requests.get_or_create(&labels).clone();
-        counter.inc();
-        if self.requests.len() < HOT_HANDLES_MAX {
-            self.requests.push((key, status, route.clone(), counter));
-        }
+        let key = (route_key(route), status);
+        with_handle(&mut self.requests, key, fetch, |c| {
+            c.inc();
+        });
     }
 
     /// Counts `bytes` of response body sent for `route`.
     fn count_response_bytes(&mut self, metrics: &Metrics, route: &Route, bytes: u64) {
-        let key = route_key(route);
-        if let Some((.., counter)) = self.response_bytes.iter().find(|(k, ..)| *k == key) {
-            counter.inc_by(bytes);
-            return;
-        }
-        let labels = RouteLabels {
-            route: route.clone(),
+        let fetch = || {
+            let labels = RouteLabels {
+                route: route.clone(),
+            };
+            (
+                route.clone(),
+                metrics.response_bytes.get_or_create(&labels).clone(),
+            )
         };
-        let counter = metrics.response_bytes.get_or_create(&labels).clone();
-        counter.inc_by(bytes);
-        if self.response_bytes.len() < HOT_HANDLES_MAX {
-            self.response_bytes.push((key, route.clone(), counter));
-        }
+        with_handle(&mut self.response_bytes, route_key(route), fetch, |c| {
+            c.inc_by(bytes);
+        });
     }
 
     /// Records one header time of `upstream`.
     fn observe_header(&mut self, metrics: &Metrics, upstream: &Arc<str>, seconds: f64) {
-        let key = upstream.as_ptr() as usize;
-        if let Some((.., histogram)) = self.header_seconds.iter().find(|(k, ..)| *k == key) {
-            histogram.observe(seconds);
-            return;
-        }
-        let labels = UpstreamLabels {
-            upstream: upstream.clone(),
+        let fetch = || {
+            let labels = UpstreamLabels {
+                upstream: upstream.clone(),
+            };
+            (
+                upstream.clone(),
+                metrics.header_seconds.get_or_create(&labels).clone(),
+            )
         };
-        let histogram = metrics.header_seconds.get_or_create(&labels).clone();
-        histogram.observe(seconds);
-        if self.header_seconds.len() < HOT_HANDLES_MAX {
-            self.header_seconds.push((key, upstream.clone(), histogram));
-        }
+        let key = upstream.as_ptr() as usize;
+        with_handle(&mut self.header_seconds, key, fetch, |h| h.observe(seconds));
+    }
+}
+
+/// Runs `count` on the handle kept in `handles` under `key`; on a miss, on the one `fetch`
+/// gets from its family (with the label it keeps alive), kept for next time up to
+/// `HOT_HANDLES_MAX`.
+fn with_handle<K: PartialEq, L, H>(
+    handles: &mut Vec<(K, L, H)>,
+    key: K,
+    fetch: impl FnOnce() -> (L, H),
+    count: impl FnOnce(&H),
+) {
+    if let Some((.., handle)) = handles.iter().find(|(k, ..)| *k == key) {
+        count(handle);
+        return;
+    }
+    let (label, handle) = fetch();
+    count(&handle);
+    if handles.len() < HOT_HANDLES_MAX {
+        handles.push((key, label, handle));
     }
 }
 
