@@ -456,16 +456,26 @@ mod tests {
         assert_ne!(untrusted, "abc");
     }
 
+    /// The client hop of a peer at `ip` (its text as the connection renders it).
+    fn hop(
+        ip: &'static str,
+        proto: &'static str,
+        host: Option<&'static str>,
+        trusted: bool,
+    ) -> ClientHop<'static> {
+        ClientHop {
+            peer: Some(ip.parse().expect("test ip")),
+            peer_text: ip,
+            proto,
+            host,
+            trusted,
+        }
+    }
+
     #[test]
     fn untrusted_peers_cannot_forge_x_forwarded_for() {
         let mut headers = map(&[("x-forwarded-for", "6.6.6.6")]);
-        let hop = ClientHop {
-            peer: Some("127.0.0.1".parse().expect("ip")),
-            peer_text: "127.0.0.1",
-            proto: "http",
-            host: Some("example.com"),
-            trusted: false,
-        };
+        let hop = hop("127.0.0.1", "http", Some("example.com"), false);
         add_forwarded(&mut headers, ForwardedMode::Xff, &hop);
         assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
         assert_eq!(headers["x-forwarded-proto"], "http");
@@ -475,13 +485,7 @@ mod tests {
     #[test]
     fn trusted_peers_are_appended_to() {
         let mut headers = map(&[("x-forwarded-for", "203.0.113.9")]);
-        let hop = ClientHop {
-            peer: Some("127.0.0.1".parse().expect("ip")),
-            peer_text: "127.0.0.1",
-            proto: "https",
-            host: None,
-            trusted: true,
-        };
+        let hop = hop("127.0.0.1", "https", None, true);
         add_forwarded(&mut headers, ForwardedMode::Both, &hop);
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
         assert_eq!(headers["forwarded"], "for=127.0.0.1;proto=https");
@@ -496,13 +500,7 @@ mod tests {
             ("forwarded", "for=203.0.113.9"),
             ("x-kept", "yes"),
         ];
-        let hop = ClientHop {
-            peer: Some("127.0.0.1".parse().expect("ip")),
-            peer_text: "127.0.0.1",
-            proto: "http",
-            host: None,
-            trusted: true,
-        };
+        let hop = hop("127.0.0.1", "http", None, true);
         let mut headers = map(&incoming);
         add_forwarded(&mut headers, ForwardedMode::Rfc7239, &hop);
         let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
@@ -527,13 +525,7 @@ mod tests {
     #[test]
     fn rfc7239_brackets_ipv6() {
         let mut headers = HeaderMap::new();
-        let hop = ClientHop {
-            peer: Some("::1".parse().expect("ip")),
-            peer_text: "::1",
-            proto: "http",
-            host: Some("a.example"),
-            trusted: false,
-        };
+        let hop = hop("::1", "http", Some("a.example"), false);
         add_forwarded(&mut headers, ForwardedMode::Rfc7239, &hop);
         assert_eq!(
             headers["forwarded"],
