@@ -15,6 +15,7 @@ use crate::config::ServerAddr;
 use crate::fastcgi::FastCgiError;
 use crate::proxy::ClientBodyError;
 use crate::resolve::ResolveError;
+use crate::upstream::http1::{BodyError as Http1BodyError, Http1Error};
 use crate::upstream::{Reuse, Sent, UpstreamError};
 
 /// Names the cause of a failed `connect()` to `server`.
@@ -252,6 +253,25 @@ pub struct ExchangeContext {
     pub method: Method,
 }
 
+/// How an exchange failed before a complete response head, in the terms both HTTP clients
+/// report (hyper's, and causeway's own in `upstream::http1`): one decision table for both.
+#[derive(Debug)]
+pub enum ExchangeFailure {
+    /// The connection closed before the request could be sent.
+    NotSent,
+    HeadTooLarge,
+    /// The response head was not valid HTTP; says what was wrong.
+    InvalidHead(String),
+    /// The connection was reset (or the pipe broke) mid-exchange.
+    Reset,
+    /// The upstream closed the connection before a complete head.
+    Closed,
+    /// Writing the request failed otherwise; says how.
+    WriteFailed(String),
+    /// Any other transport or protocol failure; says what.
+    Other(String),
+}
+
 /// Names the cause of a failed request/response exchange before a complete response head.
 /// `sent` is how much of the request was written; `read` the response bytes received.
 pub fn exchange_error(
@@ -263,6 +283,64 @@ pub fn exchange_error(
     if let Some(client) = find_source::<ClientBodyError>(&err) {
         return client_body_error(client);
     }
+    let io_kind = find_source::<io::Error>(&err).map(io::Error::kind);
+    let failure = if err.is_canceled() || err.is_closed() {
+        ExchangeFailure::NotSent
+    } else if err.is_parse_too_large() {
+        ExchangeFailure::HeadTooLarge
+    } else if err.is_parse() || err.is_parse_status() {
+        ExchangeFailure::InvalidHead(err.to_string())
+    } else if io_kind.is_some_and(is_reset) {
+        ExchangeFailure::Reset
+    } else if err.is_incomplete_message() || io_kind == Some(io::ErrorKind::UnexpectedEof) {
+        ExchangeFailure::Closed
+    } else if err.is_body_write_aborted() || err.is_user() {
+        ExchangeFailure::WriteFailed(err.to_string())
+    } else {
+        ExchangeFailure::Other(err.to_string())
+    };
+    exchange_failure(failure, context, sent, read).with_source(err)
+}
+
+/// Names the cause of a failed exchange of causeway's own HTTP/1.1 client.
+pub fn http1_error(
+    err: Http1Error,
+    context: &ExchangeContext,
+    sent: Sent,
+    read: u64,
+) -> UpstreamError {
+    let failure = match &err {
+        Http1Error::Write(e) | Http1Error::Read(e) if is_reset(e.kind()) => ExchangeFailure::Reset,
+        Http1Error::Write(e) => ExchangeFailure::WriteFailed(e.to_string()),
+        Http1Error::Read(e) if e.kind() == io::ErrorKind::UnexpectedEof => ExchangeFailure::Closed,
+        Http1Error::Read(e) => ExchangeFailure::Other(e.to_string()),
+        Http1Error::Closed => ExchangeFailure::Closed,
+        Http1Error::HeadTooLarge => ExchangeFailure::HeadTooLarge,
+        Http1Error::Invalid(what) => ExchangeFailure::InvalidHead(what.clone()),
+        // The exchange turns its own timers into causes; these never reach here.
+        Http1Error::WriteTimeout | Http1Error::HeaderTimeout => {
+            ExchangeFailure::Other(err.to_string())
+        }
+    };
+    exchange_failure(failure, context, sent, read).with_source(err)
+}
+
+fn is_reset(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// The decision table behind [`exchange_error`] and [`http1_error`].
+pub fn exchange_failure(
+    failure: ExchangeFailure,
+    context: &ExchangeContext,
+    sent: Sent,
+    read: u64,
+) -> UpstreamError {
     let server = &context.server;
     let reused = context.reuse.is_reused();
     let idle = context.reuse.idle_ms();
@@ -276,84 +354,78 @@ pub fn exchange_error(
         )
         .with_hint("the upstream's keep-alive timeout is shorter than pool.idle_timeout; lower idle_timeout below the backend's (Node: keepAliveTimeout)")
     };
-    let io_kind = find_source::<io::Error>(&err).map(io::Error::kind);
-    let mut error = if err.is_canceled() || err.is_closed() {
-        if reused {
-            stale("was closed")
-        } else {
-            UpstreamError::new(
-                Cause::PrematureClose,
-                format!("connection to {server} closed before the request could be sent"),
-            )
+    let mut error = match failure {
+        ExchangeFailure::NotSent => {
+            if reused {
+                stale("was closed")
+            } else {
+                UpstreamError::new(
+                    Cause::PrematureClose,
+                    format!("connection to {server} closed before the request could be sent"),
+                )
+            }
         }
-    } else if err.is_parse_too_large() {
-        UpstreamError::new(
+        ExchangeFailure::HeadTooLarge => UpstreamError::new(
             Cause::HeaderTooLarge,
             format!("response head from {server} is larger than max_response_header"),
         )
-        .with_hint("raise max_response_header for this upstream if such large headers are expected")
-    } else if err.is_parse() || err.is_parse_status() {
-        UpstreamError::new(
+        .with_hint(
+            "raise max_response_header for this upstream if such large headers are expected",
+        ),
+        ExchangeFailure::InvalidHead(what) => UpstreamError::new(
             Cause::InvalidResponse,
-            format!("{server} sent an invalid HTTP response head: {err}"),
+            format!("{server} sent an invalid HTTP response head: {what}"),
         )
-        .with_hint("the upstream is not speaking HTTP/1.1 on this port, or is broken")
-    } else if matches!(
-        io_kind,
-        Some(
-            io::ErrorKind::ConnectionReset
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::ConnectionAborted
-        )
-    ) {
-        if read == 0 && reused {
-            stale("was reset")
-        } else if sent != Sent::All && read == 0 {
-            UpstreamError::new(
-                Cause::WriteFailed,
-                format!("connection to {server} was reset while sending the request"),
-            )
-            .with_hint("the upstream closed the connection without reading the request: does it reject large uploads?")
-        } else {
-            UpstreamError::new(
-                Cause::UpstreamReset,
-                format!("{server} reset the connection before a complete response head ({read} bytes received)"),
-            )
-            .with_hint("the backend crashed or was killed while handling the request: check its logs")
+        .with_hint("the upstream is not speaking HTTP/1.1 on this port, or is broken"),
+        ExchangeFailure::Reset => {
+            if read == 0 && reused {
+                stale("was reset")
+            } else if sent != Sent::All && read == 0 {
+                UpstreamError::new(
+                    Cause::WriteFailed,
+                    format!("connection to {server} was reset while sending the request"),
+                )
+                .with_hint("the upstream closed the connection without reading the request: does it reject large uploads?")
+            } else {
+                UpstreamError::new(
+                    Cause::UpstreamReset,
+                    format!("{server} reset the connection before a complete response head ({read} bytes received)"),
+                )
+                .with_hint("the backend crashed or was killed while handling the request: check its logs")
+            }
         }
-    } else if err.is_incomplete_message() || io_kind == Some(io::ErrorKind::UnexpectedEof) {
-        if read == 0 && reused {
-            stale("was closed")
-        } else if read == 0 {
-            UpstreamError::new(
-                Cause::PrematureClose,
-                format!("{server} closed the connection without sending any response byte"),
-            )
-            .with_hint("the backend closed the connection without answering: it crashed, was killed, or hit its own limit; check its logs")
-        } else {
-            let mut error = UpstreamError::new(
-                Cause::PrematureClose,
-                format!("{server} closed the connection after {read} bytes of an incomplete response head"),
-            )
-            .with_hint("the backend died while writing its response: check its logs");
-            error.params.partial_head = true;
-            error
+        ExchangeFailure::Closed => {
+            if read == 0 && reused {
+                stale("was closed")
+            } else if read == 0 {
+                UpstreamError::new(
+                    Cause::PrematureClose,
+                    format!("{server} closed the connection without sending any response byte"),
+                )
+                .with_hint("the backend closed the connection without answering: it crashed, was killed, or hit its own limit; check its logs")
+            } else {
+                let mut error = UpstreamError::new(
+                    Cause::PrematureClose,
+                    format!("{server} closed the connection after {read} bytes of an incomplete response head"),
+                )
+                .with_hint("the backend died while writing its response: check its logs");
+                error.params.partial_head = true;
+                error
+            }
         }
-    } else if err.is_body_write_aborted() || err.is_user() {
-        UpstreamError::new(
+        ExchangeFailure::WriteFailed(how) => UpstreamError::new(
             Cause::WriteFailed,
-            format!("sending the request to {server} failed: {err}"),
-        )
-    } else {
-        // hyper reports another transport or protocol error: the socket failed mid-exchange.
-        UpstreamError::new(
+            format!("sending the request to {server} failed: {how}"),
+        ),
+        // The socket failed mid-exchange in some other way.
+        ExchangeFailure::Other(what) => UpstreamError::new(
             Cause::UpstreamReset,
-            format!("exchange with {server} failed: {err}"),
-        )
+            format!("exchange with {server} failed: {what}"),
+        ),
     };
     error.reuse = context.reuse;
     error.sent = sent;
-    error.with_source(err)
+    error
 }
 
 /// Names the cause of an error while relaying the response body (after the head was sent).
@@ -362,6 +434,22 @@ pub fn body_error(err: &hyper::Error) -> UpstreamError {
         find_source::<io::Error>(err).map(io::Error::kind),
         Some(io::ErrorKind::ConnectionReset)
     );
+    body_failure(reset)
+}
+
+/// The same for a body read by causeway's own HTTP/1.1 client.
+pub fn http1_body_error(err: &Http1BodyError) -> UpstreamError {
+    match err {
+        Http1BodyError::InvalidChunk(what) => UpstreamError::new(
+            Cause::BodyTruncated,
+            format!("upstream sent an invalid chunked body ({what}); the response ends there"),
+        )
+        .with_hint("the backend (or something between) corrupted its response: check its logs"),
+        _ => body_failure(err.is_reset()),
+    }
+}
+
+fn body_failure(reset: bool) -> UpstreamError {
     let how = if reset {
         "reset the connection"
     } else {

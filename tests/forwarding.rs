@@ -429,3 +429,130 @@ async fn tls_listener_serves_h2_and_http11_by_alpn() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A scripted HTTP/1.1 upstream on loopback: answers each request by its path with the bytes
+/// below, written in small pieces; counts the connections it accepted.
+async fn framing_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                    seen.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    let (answer, close): (&[u8], bool) = match path.as_str() {
+                        "/chunked" => (
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                              4;ext=1\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\n\r\n",
+                            false,
+                        ),
+                        "/hints" => (
+                            b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n\
+                              HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhints",
+                            false,
+                        ),
+                        "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nuntil the end", true),
+                        "/head" => (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false),
+                        "/extra" => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokGARBAGE", false),
+                        _ => (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false),
+                    };
+                    for piece in answer.chunks(7) {
+                        if stream.write_all(piece).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    if close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn response_framings_are_decoded_and_only_clean_connections_reused() {
+    use std::sync::atomic::Ordering;
+    let (upstream, accepted) = framing_upstream().await;
+    let h = start(&single(&upstream.to_string(), "")).await;
+    let connections = || accepted.load(Ordering::SeqCst);
+
+    let reply = get(h.addr, "/chunked").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "Wikipedia in\r\n\r\nchunks.");
+    let reply = get(h.addr, "/hints").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "a 103 before the answer is skipped"
+    );
+    assert_eq!(reply.text(), "hints");
+    let head = send(
+        h.addr,
+        Request::head("/head")
+            .header("host", "test.local")
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.header("content-length").as_deref(), Some("5"));
+    assert_eq!(
+        head.body.as_deref().ok(),
+        Some(&b""[..]),
+        "a HEAD answer has no body"
+    );
+    assert_eq!(
+        connections(),
+        1,
+        "chunked, 1xx and HEAD answers leave the connection reusable"
+    );
+
+    let reply = get(h.addr, "/until-close").await;
+    assert_eq!(
+        reply.text(),
+        "until the end",
+        "a body delimited by the close is whole"
+    );
+    get(h.addr, "/chunked").await;
+    assert_eq!(
+        connections(),
+        2,
+        "after a close-delimited body the next request needs a new connection"
+    );
+
+    let reply = get(h.addr, "/extra").await;
+    assert_eq!(
+        reply.text(),
+        "ok",
+        "bytes past Content-Length are not relayed"
+    );
+    let reply = get(h.addr, "/chunked").await;
+    assert_eq!(reply.text(), "Wikipedia in\r\n\r\nchunks.");
+    assert_eq!(
+        connections(),
+        3,
+        "a connection with bytes past the response is not reused"
+    );
+}

@@ -1,6 +1,7 @@
 //! The response body on its way from upstream to client.
 //!
-//! Wraps hyper's `Incoming` with the `read` idle timeout, turns a mid-body failure into
+//! Wraps the upstream body (causeway's own HTTP/1.1 decoder, hyper's `Incoming`, or FastCGI
+//! STDOUT) with the `read` idle timeout, turns a mid-body failure into
 //! `body_truncated` / `body_timeout` (recorded for the access log, then returned as an error so
 //! hyper aborts the client connection instead of ending the body cleanly), and hands the
 //! connection back to the pool only when the body ended cleanly.
@@ -16,7 +17,8 @@ use hyper::body::Incoming;
 
 use super::connect::fmt_duration;
 use super::connect::{Counted, Stream};
-use super::exchange::{Conn, KeepAlive};
+use super::exchange::{Conn, KeepAlive, Sender};
+use super::http1::Http1Body;
 use super::pool::Permit;
 use super::{Server, UpstreamError};
 use crate::cause::Cause;
@@ -49,6 +51,9 @@ pub struct BodyEnd {
 
 /// Where the relayed bytes come from.
 enum Source {
+    /// Decoded by causeway's own HTTP/1.1 client, in this task.
+    Http1(Http1Body),
+    /// From hyper's client connection task (HTTP/2, or HTTP/1.1 after a streamed upload).
     Http(Incoming),
     FastCgi(FastCgiBody),
 }
@@ -56,6 +61,7 @@ enum Source {
 impl Source {
     fn is_end_stream(&self) -> bool {
         match self {
+            Source::Http1(body) => body.is_end_stream(),
             Source::Http(body) => body.is_end_stream(),
             Source::FastCgi(body) => body.is_end_stream(),
         }
@@ -63,6 +69,7 @@ impl Source {
 
     fn size_hint(&self) -> SizeHint {
         match self {
+            Source::Http1(body) => body.size_hint(),
             Source::Http(body) => body.size_hint(),
             Source::FastCgi(body) => body.size_hint(),
         }
@@ -74,6 +81,9 @@ impl Source {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         match self {
+            Source::Http1(body) => body
+                .poll_frame(cx)
+                .map_err(|e| classify::http1_body_error(&e)),
             Source::Http(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|e| classify::body_error(&e)),
@@ -105,6 +115,16 @@ impl UpstreamBody {
         bodyless: bool,
     ) -> UpstreamBody {
         UpstreamBody::with_source(Source::Http(incoming), read_timeout, pool, permit, bodyless)
+    }
+
+    /// Wraps a body read by causeway's own HTTP/1.1 client; its framing says when it is empty.
+    pub fn http1(
+        body: Http1Body,
+        read_timeout: Duration,
+        pool: ReturnToPool,
+        permit: Permit,
+    ) -> UpstreamBody {
+        UpstreamBody::with_source(Source::Http1(body), read_timeout, pool, permit, false)
     }
 
     /// Wraps a FastCGI STDOUT stream: it ends cleanly only on END_REQUEST.
@@ -156,7 +176,14 @@ impl UpstreamBody {
             server,
         }) = self.pool.take()
         {
-            if let Some(conn) = conn {
+            if let Some(mut conn) = conn {
+                if let (Sender::Lent, Source::Http1(body)) = (&conn.sender, &mut self.incoming) {
+                    // The transport comes back from the body; `None` leaves `Lent`, which
+                    // the pool refuses.
+                    if let Some(transport) = body.take_conn() {
+                        conn.sender = Sender::Inline(transport);
+                    }
+                }
                 server.pool.checkin(conn, keep_alive);
             }
             // The codec hands the transport over before it reports the end of the body, so it

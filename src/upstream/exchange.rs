@@ -21,11 +21,13 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use super::body::UpstreamBody;
 use super::connect::{fmt_duration, Counted, IoStats, Stream};
+use super::http1::{Http1Body, Http1Conn, Http1Error, Limits as Http1Limits, Written};
 use super::pool::Permit;
 use super::{BoxError, Reuse, Sent, Server, UpstreamError};
 use crate::cause::Cause;
 use crate::classify;
 use crate::config::{self, Protocol};
+use crate::proxy::RequestContext;
 
 /// The request body as it goes upstream: empty, buffered (replayable), or streamed from the
 /// client. Records how far hyper got in sending it.
@@ -79,6 +81,16 @@ impl RequestBody {
     /// Whether this body may be sent again after a failed attempt.
     pub fn is_replayable(&self) -> bool {
         matches!(self.kind, BodyKind::Empty | BodyKind::Full(_))
+    }
+
+    /// The whole body when it is in memory and not yet handed to hyper: what causeway's own
+    /// HTTP/1.1 client writes (without consuming it, so it can be sent again).
+    pub fn buffered(&self) -> Option<&[u8]> {
+        match &self.kind {
+            BodyKind::Empty => Some(&[]),
+            BodyKind::Full(Some(bytes)) => Some(bytes),
+            BodyKind::Full(None) | BodyKind::Streaming(_) => None,
+        }
     }
 
     fn progress(&self) -> Arc<Progress> {
@@ -196,10 +208,22 @@ impl Progress {
     }
 }
 
-/// Request senders for the two HTTP versions.
+/// How requests reach an upstream connection.
 pub enum Sender {
+    /// causeway's own HTTP/1.1 client (`upstream::http1`), run in the request's task.
+    Inline(Http1Conn),
+    /// hyper's HTTP/1.1 client: streamed uploads, upgrades and health checks.
     H1(http1::SendRequest<RequestBody>),
     H2(http2::SendRequest<RequestBody>),
+    /// The transport is inside a response body being relayed; it comes back as `Inline` when
+    /// that body ends cleanly (see `body::UpstreamBody`).
+    Lent,
+}
+
+/// A hyper sender borrowed for one exchange.
+enum HyperSender<'a> {
+    H1(&'a mut http1::SendRequest<RequestBody>),
+    H2(&'a mut http2::SendRequest<RequestBody>),
 }
 
 /// An upstream connection ready for a request, fresh or from the pool.
@@ -216,16 +240,61 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Whether hyper still considers the connection usable.
-    pub fn is_open(&self) -> bool {
-        match &self.sender {
+    /// Whether the connection can take a request: hyper has not seen it close, or (for
+    /// causeway's own client) the upstream has neither closed it nor sent anything unasked.
+    pub fn is_usable(&mut self) -> bool {
+        match &mut self.sender {
+            Sender::Inline(conn) => conn.is_idle_and_open(),
             Sender::H1(s) => !s.is_closed(),
             Sender::H2(s) => !s.is_closed(),
+            Sender::Lent => false,
         }
+    }
+
+    /// The same connection driven by hyper's HTTP/1.1 client, for what causeway's own does
+    /// not do (a streamed upload, a health check).
+    pub async fn into_hyper(self, max_response_header: usize) -> Result<Conn, UpstreamError> {
+        let Sender::Inline(inline) = self.sender else {
+            return Ok(self);
+        };
+        let Some(io) = inline.into_io() else {
+            return Err(UpstreamError::new(
+                Cause::InvalidResponse,
+                "upstream sent bytes on an idle connection",
+            ));
+        };
+        let sender = spawn_http1(io, max_response_header, false)
+            .await
+            .map_err(|e| UpstreamError::new(Cause::InvalidResponse, e.to_string()))?;
+        Ok(Conn { sender, ..self })
     }
 }
 
-/// Runs the HTTP handshake on a new transport and spawns its connection task.
+/// Hands an HTTP/1.1 transport to hyper and spawns its connection task.
+async fn spawn_http1(
+    stream: Counted<Stream>,
+    max_response_header: usize,
+    upgrades: bool,
+) -> Result<Sender, hyper::Error> {
+    let (sender, conn) = http1::Builder::new()
+        .max_header_size(max_response_header)
+        .handshake(TokioIo::new(stream))
+        .await?;
+    if upgrades {
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+    } else {
+        tokio::spawn(async move {
+            // Errors reach the request future too; this is only the connection's end.
+            let _ = conn.await;
+        });
+    }
+    Ok(Sender::H1(sender))
+}
+
+/// Sets up HTTP on a new transport: causeway's own HTTP/1.1 client, hyper's for an upgrade,
+/// or an HTTP/2 handshake and connection task.
 pub async fn handshake(
     stream: Counted<Stream>,
     protocol: Protocol,
@@ -233,8 +302,10 @@ pub async fn handshake(
     upgrades: bool,
 ) -> Result<Conn, hyper::Error> {
     let stats = stream.stats();
-    let io = TokioIo::new(stream);
-    let sender = if protocol.is_http2() {
+    let sender = if !protocol.is_http2() && !upgrades {
+        Sender::Inline(Http1Conn::new(stream))
+    } else if protocol.is_http2() {
+        let io = TokioIo::new(stream);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .max_header_list_size(max_response_header.min(u32::MAX as usize) as u32)
@@ -247,21 +318,7 @@ pub async fn handshake(
         });
         Sender::H2(sender)
     } else {
-        let (sender, conn) = http1::Builder::new()
-            .max_header_size(max_response_header)
-            .handshake(io)
-            .await?;
-        if upgrades {
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-        } else {
-            tokio::spawn(async move {
-                // Errors reach the request future too; this is only the connection's end.
-                let _ = conn.await;
-            });
-        }
-        Sender::H1(sender)
+        spawn_http1(stream, max_response_header, upgrades).await?
     };
     Ok(Conn {
         sender,
@@ -278,22 +335,54 @@ pub fn is_upgrade_request<B>(request: &Request<B>) -> bool {
     request.headers().contains_key(header::UPGRADE)
 }
 
-/// A failed exchange, with the request handed back when hyper never wrote it.
+/// A failed exchange, with the request for another attempt when there can be one: handed
+/// back unwritten, borrowed by causeway's own client, or a copy of a replayable one.
 pub struct Failed {
     pub error: UpstreamError,
-    pub unsent: Option<Request<RequestBody>>,
+    pub request: Option<Request<RequestBody>>,
+}
+
+/// A copy of the request for another attempt, if its body can be replayed. Needed where the
+/// attempt consumes the request (hyper, FastCGI).
+pub fn replay_of(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    let body = request.body().replay()?;
+    let mut copy = Request::new(body);
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    if let Some(context) = request.extensions().get::<RequestContext>() {
+        copy.extensions_mut().insert(context.clone());
+    }
+    Some(copy)
 }
 
 /// Sends `request` on `conn` and waits for the response head under the `write` and `header`
 /// timeouts. On success the body is wrapped so that mid-body failures are classified too and
 /// the connection returns to the pool when the body ends cleanly.
 pub async fn send(
-    mut conn: Conn,
+    conn: Conn,
     request: Request<RequestBody>,
     config: &config::Upstream,
     server: Arc<Server>,
     permit: Permit,
 ) -> Result<Response<UpstreamBody>, Failed> {
+    if let Sender::Inline(_) = conn.sender {
+        if request.body().buffered().is_some() {
+            return send_inline(conn, request, config, server, permit).await;
+        }
+    }
+    let mut conn = match conn.into_hyper(config.max_response_header).await {
+        Ok(conn) => conn,
+        Err(error) => {
+            return Err(Failed {
+                error,
+                request: Some(request),
+            })
+        }
+    };
+    // hyper consumes the request: keep a copy in case it fails after writing it.
+    let replay = replay_of(&request);
     let progress = request.body().progress();
     let read_before = conn.stats.read.load(Ordering::Relaxed);
     let written_before = conn.stats.written.load(Ordering::Relaxed);
@@ -301,9 +390,22 @@ pub async fn send(
     let method = request.method().clone();
     let is_head = method == http::Method::HEAD;
 
+    let hyper = match &mut conn.sender {
+        Sender::H1(sender) => HyperSender::H1(sender),
+        Sender::H2(sender) => HyperSender::H2(sender),
+        // `into_hyper` above leaves only hyper's senders.
+        Sender::Inline(_) | Sender::Lent => {
+            let error =
+                UpstreamError::new(Cause::ConnectFailed, "internal: not a hyper connection");
+            return Err(Failed {
+                error,
+                request: Some(request),
+            });
+        }
+    };
     let exchange = async {
-        match &mut conn.sender {
-            Sender::H1(sender) => {
+        match hyper {
+            HyperSender::H1(sender) => {
                 if let Err(e) = sender.ready().await {
                     return Err((e, Some(request)));
                 }
@@ -312,7 +414,7 @@ pub async fn send(
                     (e.into_error(), unsent)
                 })
             }
-            Sender::H2(sender) => {
+            HyperSender::H2(sender) => {
                 if let Err(e) = sender.ready().await {
                     return Err((e, Some(request)));
                 }
@@ -348,14 +450,17 @@ pub async fn send(
             let mut error = classify::exchange_error(error, &context, sent, read);
             error.reuse = reuse;
             error.sent = sent;
-            return Err(Failed { error, unsent });
+            return Err(Failed {
+                error,
+                request: unsent.or(replay),
+            });
         }
         Err(mut error) => {
             error.reuse = reuse;
             error.sent = sent;
             return Err(Failed {
                 error,
-                unsent: None,
+                request: replay,
             });
         }
     };
@@ -412,14 +517,7 @@ async fn watchdog(progress: &Progress, timeouts: config::Timeouts) -> UpstreamEr
                 }
                 let deadline = progress.last_activity() + timeouts.write;
                 if Instant::now() >= deadline {
-                    return UpstreamError::new(
-                        Cause::WriteTimeout,
-                        format!(
-                            "upstream stopped reading the request body for {} (timeouts.write)",
-                            fmt_duration(timeouts.write)
-                        ),
-                    )
-                    .with_hint("the backend is not reading the upload: is it stuck, or does it reject the request without reading it?");
+                    return write_timeout(timeouts);
                 }
                 tokio::select! {
                     _ = sleep_until(deadline) => {}
@@ -429,19 +527,123 @@ async fn watchdog(progress: &Progress, timeouts: config::Timeouts) -> UpstreamEr
             Some(finished) => {
                 let deadline = finished + timeouts.header;
                 if Instant::now() >= deadline {
-                    return UpstreamError::new(
-                        Cause::HeaderTimeout,
-                        format!(
-                            "no complete response head within {} of sending the request (timeouts.header)",
-                            fmt_duration(timeouts.header)
-                        ),
-                    )
-                    .with_hint("the backend is slow to answer: raise timeouts.header for this route, or find what it waits on");
+                    return header_timeout(timeouts);
                 }
                 sleep_until(deadline).await;
             }
         }
     }
+}
+
+/// The upstream stopped taking the request for `timeouts.write`.
+fn write_timeout(timeouts: config::Timeouts) -> UpstreamError {
+    UpstreamError::new(
+        Cause::WriteTimeout,
+        format!(
+            "upstream stopped reading the request body for {} (timeouts.write)",
+            fmt_duration(timeouts.write)
+        ),
+    )
+    .with_hint("the backend is not reading the upload: is it stuck, or does it reject the request without reading it?")
+}
+
+/// No complete response head within `timeouts.header` of the end of the request.
+fn header_timeout(timeouts: config::Timeouts) -> UpstreamError {
+    UpstreamError::new(
+        Cause::HeaderTimeout,
+        format!(
+            "no complete response head within {} of sending the request (timeouts.header)",
+            fmt_duration(timeouts.header)
+        ),
+    )
+    .with_hint("the backend is slow to answer: raise timeouts.header for this route, or find what it waits on")
+}
+
+/// [`send`] with causeway's own HTTP/1.1 client: the request is written from a borrow (no
+/// copy for retries), the head read in this task, and the body decoded as the client reads
+/// it. Same timeouts and the same causes as the hyper path.
+async fn send_inline(
+    conn: Conn,
+    request: Request<RequestBody>,
+    config: &config::Upstream,
+    server: Arc<Server>,
+    permit: Permit,
+) -> Result<Response<UpstreamBody>, Failed> {
+    let Conn {
+        sender,
+        stats,
+        reuse,
+        uses,
+        expires,
+        max_uses,
+    } = conn;
+    let Sender::Inline(mut transport) = sender else {
+        let error = UpstreamError::new(Cause::ConnectFailed, "internal: not an inline connection");
+        return Err(Failed {
+            error,
+            request: Some(request),
+        });
+    };
+    let read_before = stats.read.load(Ordering::Relaxed);
+    let limits = Http1Limits {
+        write: config.timeouts.write,
+        header: config.timeouts.header,
+        max_head: config.max_response_header,
+    };
+    let (head, framing) = match super::http1::exchange(&mut transport, &request, limits).await {
+        Ok(exchanged) => exchanged,
+        Err(failed) => {
+            let sent = match failed.written {
+                Written::Nothing => Sent::Nothing,
+                Written::Part => Sent::Head,
+                Written::All => Sent::All,
+            };
+            let read = stats.read.load(Ordering::Relaxed) - read_before;
+            let mut error = match failed.error {
+                Http1Error::WriteTimeout => write_timeout(config.timeouts),
+                Http1Error::HeaderTimeout => header_timeout(config.timeouts),
+                other => {
+                    let context = classify::ExchangeContext {
+                        reuse,
+                        server: server.addr.clone(),
+                        method: request.method().clone(),
+                    };
+                    classify::http1_error(other, &context, sent, read)
+                }
+            };
+            error.reuse = reuse;
+            error.sent = sent;
+            return Err(Failed {
+                error,
+                request: Some(request),
+            });
+        }
+    };
+    let keep_alive = KeepAlive::from_response(head.headers(), head.version());
+    let uses = uses + 1;
+    let reusable =
+        keep_alive.reusable && framing.is_delimited() && max_uses.is_none_or(|max| uses < max);
+    // The transport travels with the body; the pool gets it back when the body ends cleanly.
+    let conn = reusable.then_some(Conn {
+        sender: Sender::Lent,
+        stats,
+        reuse: Reuse::Fresh,
+        uses,
+        expires,
+        max_uses,
+    });
+    let body = UpstreamBody::http1(
+        Http1Body::new(transport, framing),
+        config.timeouts.read,
+        super::body::ReturnToPool {
+            conn,
+            fastcgi: None,
+            keep_alive,
+            server,
+        },
+        permit,
+    );
+    Ok(head.map(|()| body))
 }
 
 /// What the upstream's response says about reusing its connection.

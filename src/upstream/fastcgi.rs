@@ -66,7 +66,7 @@ pub async fn attempt(
             .at(&server.addr);
         return Err(Failed {
             error,
-            unsent: Some(request),
+            request: Some(request),
         });
     };
     let params = match build_params(&request, fastcgi_config) {
@@ -81,7 +81,7 @@ pub async fn attempt(
             .at(&server.addr);
             return Err(Failed {
                 error,
-                unsent: Some(request),
+                request: Some(request),
             });
         }
     };
@@ -105,7 +105,7 @@ pub async fn attempt(
                     let error = error.at(&server.addr);
                     return Err(Failed {
                         error,
-                        unsent: Some(request),
+                        request: Some(request),
                     });
                 }
             }
@@ -125,6 +125,8 @@ pub async fn attempt(
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     let exchange = Exchange::new(STDERR_LIMIT);
+    // The request is consumed below; a copy goes again if this attempt fails after writing.
+    let replay = super::exchange::replay_of(&request);
     let fastcgi_request = FastCgiRequest {
         params,
         body: request.into_body(),
@@ -169,7 +171,7 @@ pub async fn attempt(
             log_stderr(&exchange, upstream, server, &error, &request_id);
             return Err(Failed {
                 error: error.at(&server.addr),
-                unsent: None,
+                request: replay,
             });
         }
         Err(mut error) => {
@@ -177,7 +179,7 @@ pub async fn attempt(
             log_stderr(&exchange, upstream, server, &error, &request_id);
             return Err(Failed {
                 error: error.at(&server.addr),
-                unsent: None,
+                request: replay,
             });
         }
     };

@@ -172,7 +172,12 @@ async fn probe(
             .await
             .map(drop);
     }
-    let mut conn = upstream.connector.connect(&server.addr, false).await?;
+    let mut conn = upstream
+        .connector
+        .connect(&server.addr, false)
+        .await?
+        .into_hyper(upstream.config.max_response_header)
+        .await?;
     let host = server
         .addr
         .host()
@@ -189,13 +194,21 @@ async fn probe(
         })?;
     let sent = async {
         match &mut conn.sender {
-            Sender::H1(sender) => sender.send_request(request).await,
-            Sender::H2(sender) => sender.send_request(request).await,
+            Sender::H1(sender) => Some(sender.send_request(request).await),
+            Sender::H2(sender) => Some(sender.send_request(request).await),
+            // `into_hyper` above leaves only hyper's senders.
+            Sender::Inline(_) | Sender::Lent => None,
         }
     };
     let response = match tokio::time::timeout(upstream.config.timeouts.header, sent).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => {
+        Ok(Some(Ok(response))) => response,
+        Ok(None) => {
+            return Err(UpstreamError::new(
+                Cause::ConnectFailed,
+                "internal: health check connection is not hyper's",
+            ))
+        }
+        Ok(Some(Err(e))) => {
             let context = crate::classify::ExchangeContext {
                 reuse: Reuse::Fresh,
                 server: server.addr.clone(),

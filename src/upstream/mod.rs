@@ -10,6 +10,7 @@ pub mod connect;
 pub mod exchange;
 pub mod fastcgi;
 pub mod health;
+pub mod http1;
 pub mod pool;
 pub mod retry;
 
@@ -331,7 +332,7 @@ impl Upstream {
                 .with_hint("raise max_conns (keep it at or below the backend's worker count) or queue_timeout");
                 return Err(exchange::Failed {
                     error,
-                    unsent: Some(request),
+                    request: Some(request),
                 });
             }
         };
@@ -360,7 +361,7 @@ impl Upstream {
                         let error = error.at(&server.addr);
                         return Err(exchange::Failed {
                             error,
-                            unsent: Some(request),
+                            request: Some(request),
                         });
                     }
                 }

@@ -115,8 +115,8 @@ impl Pool {
     pub fn checkout(&self) -> Option<Conn> {
         let now = Instant::now();
         let mut idle = self.idle().lock().ok()?;
-        while let Some(entry) = idle.pop() {
-            if entry.expires <= now || !entry.conn.is_open() {
+        while let Some(mut entry) = idle.pop() {
+            if entry.expires <= now || !entry.conn.is_usable() {
                 continue; // dropped: hyper closes the socket
             }
             let idle_for = now.saturating_duration_since(entry.since);
@@ -147,7 +147,7 @@ impl Pool {
     /// keep-alive: `timeout=N` expires it at N minus [`KEEP_ALIVE_MARGIN`], `max=M` caps its
     /// uses (unless `pool.honor_keep_alive = false`).
     pub fn checkin(&self, mut conn: Conn, keep_alive: KeepAlive) {
-        if self.settings.max_idle_per_server == 0 || !conn.is_open() {
+        if self.settings.max_idle_per_server == 0 || !conn.is_usable() {
             return;
         }
         let (expires, max_uses) = if self.settings.honor_keep_alive {
@@ -183,7 +183,9 @@ impl Pool {
         {
             return; // one shared HTTP/2 connection is enough
         }
-        idle.retain(|e| e.expires > now && e.conn.is_open());
+        // Expiry only: probing every idle connection on every checkin would cost each request
+        // as much as the pool is deep. Closed ones are dropped at checkout and by `sweep`.
+        idle.retain(|e| e.expires > now);
         if idle.len() >= self.settings.max_idle_per_server {
             idle.remove(0);
         }
@@ -234,7 +236,7 @@ impl Pool {
         let now = Instant::now();
         for list in &self.idle {
             if let Ok(mut idle) = list.lock() {
-                idle.retain(|e| e.expires > now && e.conn.is_open());
+                idle.retain_mut(|e| e.expires > now && e.conn.is_usable());
             }
         }
         for list in &self.raw_idle {

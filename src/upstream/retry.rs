@@ -87,14 +87,13 @@ pub async fn send_with_retries(upstream: &Upstream, request: Request<RequestBody
                 };
             }
         };
-        let replay = replay_of(&request);
         let started = Instant::now();
         let result = upstream
             .attempt(&server, request, &mut timings, force_fresh)
             .await;
         force_fresh = false;
         let elapsed = started.elapsed();
-        let (error, unsent) = match result {
+        let (error, again) = match result {
             Ok(response) => {
                 if server.health.record_success() == Transition::CameBack {
                     tracing::info!(upstream = %upstream.name, server = %server.addr, "server back up: a request succeeded");
@@ -115,7 +114,7 @@ pub async fn send_with_retries(upstream: &Upstream, request: Request<RequestBody
                     server: Some(server.addr.clone()),
                 };
             }
-            Err(Failed { error, unsent }) => (error, unsent),
+            Err(Failed { error, request }) => (error, request),
         };
         attempts.push(Attempt {
             server: server.addr.clone(),
@@ -157,8 +156,7 @@ pub async fn send_with_retries(upstream: &Upstream, request: Request<RequestBody
             );
         }
 
-        let safe = unsent.is_some() || error.sent == super::Sent::Nothing || idempotent;
-        let again = unsent.or(replay);
+        let safe = error.sent == super::Sent::Nothing || idempotent;
         let stale = error.cause == Cause::StaleConnection;
         let stale_allowed = policy.on.contains(&Cause::StaleConnection);
         if stale && stale_allowed && !stale_retry_used && safe && again.is_some() {
@@ -190,18 +188,4 @@ pub async fn send_with_retries(upstream: &Upstream, request: Request<RequestBody
             server: Some(server.addr.clone()),
         };
     }
-}
-
-/// A copy of the request for another attempt, if its body can be replayed.
-fn replay_of(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
-    let body = request.body().replay()?;
-    let mut copy = Request::new(body);
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    if let Some(context) = request.extensions().get::<RequestContext>() {
-        copy.extensions_mut().insert(context.clone());
-    }
-    Some(copy)
 }

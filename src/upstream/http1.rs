@@ -1,0 +1,934 @@
+//! causeway's own HTTP/1.1 client exchange, run inside the request's task.
+//!
+//! hyper's HTTP/1 client runs each upstream connection as a task of its own and hands every
+//! request to it through a channel, and every response body back through another: two task
+//! switches and four channel operations per request, a quarter of causeway's instructions per
+//! proxied request (see BENCHMARKS.md). For the common exchange, a request whose body is empty
+//! or buffered, this module writes the head and body and reads the response head itself, in
+//! the task that serves the client (as nginx and Pingora do), and [`Http1Body`] decodes the
+//! response body (length, chunked or close-delimited) as the client side asks for it. Requests
+//! that stream a body from the client, upgrades and HTTP/2 stay with hyper.
+//!
+//! It also knows where an exchange failed without guessing: the bytes written and read are
+//! counted by the transport, and every failure is reported with the phase it happened in.
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::time::{sleep_until, Instant};
+
+use super::connect::{Counted, IoStats, Stream};
+use super::exchange::RequestBody;
+
+/// The most header fields a response head may carry (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// The size of one read from the upstream.
+const READ_SIZE: usize = 8 * 1024;
+/// Bodies up to this size are written with the head in one `write`.
+const INLINE_BODY: usize = 16 * 1024;
+/// The longest chunk-size line (size, extensions, CRLF) accepted in a chunked body.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// An upstream HTTP/1.1 connection between exchanges: the transport and any bytes read ahead.
+pub struct Http1Conn {
+    io: Counted<Stream>,
+    buf: BytesMut,
+}
+
+impl Http1Conn {
+    /// Wraps a freshly opened transport.
+    pub fn new(io: Counted<Stream>) -> Http1Conn {
+        Http1Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The transport's byte counters.
+    pub fn stats(&self) -> Arc<IoStats> {
+        self.io.stats()
+    }
+
+    /// The transport, for hyper (a streamed upload or a health check); `None` when bytes were
+    /// read ahead that hyper would never see.
+    pub fn into_io(self) -> Option<Counted<Stream>> {
+        self.buf.is_empty().then_some(self.io)
+    }
+
+    /// Whether an idle connection can take a request: the upstream has neither closed it nor
+    /// sent bytes nobody asked for. Never waits; a read is tried only when the event loop saw
+    /// the socket become readable, so a quiet connection costs no system call.
+    pub fn is_idle_and_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        // Pending: nothing to read, the connection is idle. Ready: EOF, an error, or a byte
+        // that cannot belong to any response; none of those can take a request.
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
+    }
+}
+
+/// Why an exchange failed, with the phase it failed in: `classify` turns it into a cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Http1Error {
+    #[error("writing the request failed: {0}")]
+    Write(#[source] io::Error),
+    #[error("the upstream stopped reading the request")]
+    WriteTimeout,
+    #[error("reading the response head failed: {0}")]
+    Read(#[source] io::Error),
+    #[error("the connection closed before a complete response head")]
+    Closed,
+    #[error("no complete response head in time")]
+    HeaderTimeout,
+    #[error("the response head is larger than max_response_header")]
+    HeadTooLarge,
+    #[error("invalid response head: {0}")]
+    Invalid(String),
+}
+
+/// A failed body read after the head was relayed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("reading the response body failed: {0}")]
+    Read(#[source] io::Error),
+    #[error("the connection closed {remaining}")]
+    Closed { remaining: &'static str },
+    #[error("invalid chunked encoding: {0}")]
+    InvalidChunk(&'static str),
+}
+
+impl BodyError {
+    /// Whether the upstream reset the connection (rather than closing it or sending garbage).
+    pub fn is_reset(&self) -> bool {
+        matches!(self, BodyError::Read(e) if e.kind() == io::ErrorKind::ConnectionReset)
+    }
+}
+
+/// How far the request got when the exchange failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    Nothing,
+    Part,
+    All,
+}
+
+/// The timeouts of one exchange.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// No write progress for this long is `write_timeout`.
+    pub write: Duration,
+    /// From the end of the request to the end of the response head.
+    pub header: Duration,
+    /// The largest response head accepted.
+    pub max_head: usize,
+}
+
+/// A failed exchange: the error and how much of the request was written before it.
+#[derive(Debug)]
+pub struct ExchangeFailed {
+    pub error: Http1Error,
+    pub written: Written,
+}
+
+/// Writes `request` (whose body must be empty or buffered) and reads the response head.
+/// The request is only borrowed, so it can be sent again on another connection.
+pub async fn exchange(
+    conn: &mut Http1Conn,
+    request: &Request<RequestBody>,
+    limits: Limits,
+) -> Result<(Response<()>, Framing), ExchangeFailed> {
+    let body = request.body().buffered().unwrap_or_default();
+    let mut head = Vec::with_capacity(512 + body.len().min(INLINE_BODY));
+    encode_head(request, body.len(), &mut head);
+    write_request(&mut conn.io, &mut head, body, limits.write).await?;
+    let deadline = Instant::now() + limits.header;
+    let is_head = request.method() == Method::HEAD;
+    match within(deadline, read_head(conn, limits.max_head, is_head)).await {
+        Some(Ok(head)) => Ok(head),
+        Some(Err(error)) => Err(ExchangeFailed {
+            error,
+            written: Written::All,
+        }),
+        None => Err(ExchangeFailed {
+            error: Http1Error::HeaderTimeout,
+            written: Written::All,
+        }),
+    }
+}
+
+/// The request line and header fields, as hyper's client writes them (lower-case names),
+/// with the framing of the buffered body: `Content-Length` when it has bytes, none when it
+/// has none unless the client sent one, never `Transfer-Encoding`.
+fn encode_head(request: &Request<RequestBody>, body_len: usize, out: &mut Vec<u8>) {
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    out.extend_from_slice(request.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(if path.is_empty() {
+        b"/"
+    } else {
+        path.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in request.headers() {
+        if name == header::TRANSFER_ENCODING || (body_len > 0 && name == header::CONTENT_LENGTH) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if body_len > 0 {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa(body_len as u64, &mut [0u8; 20]));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The decimal digits of `n`, written into `scratch`.
+fn itoa(mut n: u64, scratch: &mut [u8; 20]) -> &[u8] {
+    let mut at = scratch.len();
+    loop {
+        at -= 1;
+        scratch[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &scratch[at..];
+        }
+    }
+}
+
+/// Writes the head and the body; a small body goes in the head's buffer, one `write`.
+/// `timeout` bounds each wait for the upstream to take more bytes.
+async fn write_request(
+    io: &mut Counted<Stream>,
+    head: &mut Vec<u8>,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(), ExchangeFailed> {
+    let rest: &[u8] = if body.len() <= INLINE_BODY {
+        head.extend_from_slice(body);
+        &[]
+    } else {
+        body
+    };
+    let mut written = Written::Nothing;
+    for part in [head.as_slice(), rest] {
+        let mut part = part;
+        while !part.is_empty() {
+            let deadline = Instant::now() + timeout;
+            match within(deadline, io.write(part)).await {
+                Some(Ok(0)) => {
+                    let error = io::Error::from(io::ErrorKind::WriteZero);
+                    return Err(write_failed(Http1Error::Write(error), written));
+                }
+                Some(Ok(n)) => {
+                    part = &part[n..];
+                    written = Written::Part;
+                }
+                Some(Err(error)) => return Err(write_failed(Http1Error::Write(error), written)),
+                None => return Err(write_failed(Http1Error::WriteTimeout, written)),
+            }
+        }
+    }
+    // TLS buffers records until flushed.
+    match within(Instant::now() + timeout, io.flush()).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(error)) => Err(write_failed(Http1Error::Write(error), written)),
+        None => Err(write_failed(Http1Error::WriteTimeout, written)),
+    }
+}
+
+fn write_failed(error: Http1Error, written: Written) -> ExchangeFailed {
+    ExchangeFailed { error, written }
+}
+
+/// Runs `future` until `deadline`; `None` if the deadline came first. The timer is created
+/// only if the future does not finish on its first poll: a healthy upstream takes most writes
+/// at once, and those should not register a timer.
+async fn within<F: Future>(deadline: Instant, future: F) -> Option<F::Output> {
+    let mut future = pin!(future);
+    let mut timer = pin!(None);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        if timer.is_none() {
+            timer.set(Some(sleep_until(deadline)));
+        }
+        match timer.as_mut().as_pin_mut() {
+            Some(sleep) => sleep.poll(cx).map(|()| None),
+            None => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: HEAD, 204, 304, or `Content-Length: 0`.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes: the connection cannot be reused.
+    UntilClose,
+}
+
+impl Framing {
+    /// Whether the connection can carry another exchange once this body is read.
+    pub fn is_delimited(self) -> bool {
+        self != Framing::UntilClose
+    }
+}
+
+/// Reads until one complete final (non-1xx) response head is buffered, and parses it.
+async fn read_head(
+    conn: &mut Http1Conn,
+    max_head: usize,
+    is_head: bool,
+) -> Result<(Response<()>, Framing), Http1Error> {
+    loop {
+        if !conn.buf.is_empty() {
+            if let Some((response, framing)) = parse_head(&mut conn.buf, max_head, is_head)? {
+                if response.status().is_informational() {
+                    // 100 Continue, 102, 103 Early Hints: not the answer; read on.
+                    continue;
+                }
+                return Ok((response, framing));
+            }
+            if conn.buf.len() >= max_head {
+                return Err(Http1Error::HeadTooLarge);
+            }
+        }
+        if read_more(&mut conn.io, &mut conn.buf)
+            .await
+            .map_err(Http1Error::Read)?
+            == 0
+        {
+            return Err(Http1Error::Closed);
+        }
+    }
+}
+
+/// One read into `buf`; the number of bytes read (0 at EOF).
+fn read_more<'a>(
+    io: &'a mut Counted<Stream>,
+    buf: &'a mut BytesMut,
+) -> impl Future<Output = io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| poll_read_more(io, buf, cx))
+}
+
+fn poll_read_more(
+    io: &mut Counted<Stream>,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// Parses a response head at the start of `buf`; `None` when it is not complete yet. On
+/// success the head's bytes are split off `buf` (header values point into them, no copy).
+fn parse_head(
+    buf: &mut BytesMut,
+    max_head: usize,
+    is_head: bool,
+) -> Result<Option<(Response<()>, Framing)>, Http1Error> {
+    let mut fields: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let head_len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Http1Error::HeadTooLarge),
+        Err(error) => return Err(Http1Error::Invalid(error.to_string())),
+    };
+    if head_len > max_head {
+        return Err(Http1Error::HeadTooLarge);
+    }
+    let code = parsed.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| Http1Error::Invalid(format!("status code {code}")))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let reason = parsed.reason.unwrap_or("");
+    let custom_reason = !reason.is_empty() && Some(reason) != status.canonical_reason();
+    let reason = custom_reason.then(|| Bytes::copy_from_slice(reason.as_bytes()));
+
+    // Header values become slices of the head's bytes: offsets first, then one freeze.
+    let base = buf.as_ptr() as usize;
+    let mut spans = Vec::with_capacity(parsed.headers.len());
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| Http1Error::Invalid(format!("invalid header name {:?}", field.name)))?;
+        let start = field.value.as_ptr() as usize - base;
+        spans.push((name, start, start + field.value.len()));
+    }
+    let head = buf.split_to(head_len).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (name, start, end) in spans {
+        // httparse accepted these bytes as a field value; the check here is a second, cheap one.
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| Http1Error::Invalid(format!("invalid value for header {name}")))?;
+        headers.append(name, value);
+    }
+
+    let framing = framing(status, &headers, is_head)?;
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    if let Some(reason) = reason {
+        if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason) {
+            response.extensions_mut().insert(reason);
+        }
+    }
+    Ok(Some((response, framing)))
+}
+
+/// How the body of this response is delimited, from its status and headers.
+fn framing(status: StatusCode, headers: &HeaderMap, is_head: bool) -> Result<Framing, Http1Error> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(Http1Error::Invalid(
+            "101 Switching Protocols to a request that did not ask to upgrade".into(),
+        ));
+    }
+    if is_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3 rule 3); a response
+        // whose last coding is not chunked runs until the close.
+        let chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let parsed = std::str::from_utf8(part)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| Http1Error::Invalid("invalid Content-Length".into()))?;
+            if length.is_some_and(|seen| seen != parsed) {
+                return Err(Http1Error::Invalid(
+                    "conflicting Content-Length values".into(),
+                ));
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, then an empty line.
+    Trailers,
+}
+
+/// A response body decoded from the upstream connection it arrives on. Once the body has been
+/// read to its end, [`Http1Body::take_conn`] hands the connection back for reuse.
+pub struct Http1Body {
+    conn: Option<Http1Conn>,
+    state: BodyState,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum BodyState {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+impl Http1Body {
+    /// The body of a response framed as `framing`, read from `conn`.
+    pub fn new(conn: Http1Conn, framing: Framing) -> Http1Body {
+        let state = match framing {
+            Framing::Empty => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(Chunk::Size),
+            Framing::UntilClose => BodyState::UntilClose,
+        };
+        Http1Body {
+            conn: Some(conn),
+            state,
+        }
+    }
+
+    /// Whether the whole body has been read.
+    pub fn is_end_stream(&self) -> bool {
+        matches!(self.state, BodyState::Done)
+    }
+
+    /// The exact length left when it is known.
+    pub fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Length(n) => SizeHint::with_exact(n),
+            BodyState::Done => SizeHint::with_exact(0),
+            BodyState::Chunked(_) | BodyState::UntilClose => SizeHint::default(),
+        }
+    }
+
+    /// The connection, once the body ended cleanly and nothing past it was read; for the pool.
+    pub fn take_conn(&mut self) -> Option<Http1Conn> {
+        if !self.is_end_stream() {
+            return None;
+        }
+        let mut conn = self.conn.take()?;
+        if !conn.buf.is_empty() {
+            return None; // bytes past the response: the upstream is confused
+        }
+        // Idle connections hold no buffer (see vendor/hyper/CAUSEWAY-PATCH.md for why).
+        conn.buf = BytesMut::new();
+        Some(conn)
+    }
+
+    /// The next piece of the body.
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        loop {
+            match self.state {
+                BodyState::Done => return Poll::Ready(None),
+                BodyState::Length(left) => {
+                    if conn.buf.is_empty() && ready!(poll_fill(conn, cx))? == 0 {
+                        return Poll::Ready(Some(Err(BodyError::Closed {
+                            remaining: "with bytes of its Content-Length missing",
+                        })));
+                    }
+                    let take = (conn.buf.len() as u64).min(left) as usize;
+                    let left = left - take as u64;
+                    self.state = if left == 0 {
+                        BodyState::Done
+                    } else {
+                        BodyState::Length(left)
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(conn.buf.split_to(take).freeze()))));
+                }
+                BodyState::UntilClose => {
+                    if conn.buf.is_empty() && ready!(poll_fill(conn, cx))? == 0 {
+                        self.state = BodyState::Done;
+                        // The connection ended the body: it cannot be reused.
+                        self.conn = None;
+                        return Poll::Ready(None);
+                    }
+                    let all = conn.buf.len();
+                    return Poll::Ready(Some(Ok(Frame::data(conn.buf.split_to(all).freeze()))));
+                }
+                BodyState::Chunked(chunk) => match step_chunk(&mut conn.buf, chunk)? {
+                    Step::Data(data, next) => {
+                        self.state = BodyState::Chunked(next);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Step::Next(next) => self.state = BodyState::Chunked(next),
+                    Step::End(trailers) => {
+                        self.state = BodyState::Done;
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Step::NeedMore => {
+                        if ready!(poll_fill(conn, cx))? == 0 {
+                            return Poll::Ready(Some(Err(BodyError::Closed {
+                                remaining: "before the last chunk",
+                            })));
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Reads more body bytes into the connection's buffer.
+fn poll_fill(conn: &mut Http1Conn, cx: &mut Context<'_>) -> Poll<Result<usize, BodyError>> {
+    poll_read_more(&mut conn.io, &mut conn.buf, cx).map_err(BodyError::Read)
+}
+
+/// What one step of the chunked decoder found.
+enum Step {
+    Data(Bytes, Chunk),
+    Next(Chunk),
+    /// The body ended, with its trailer fields if it had any.
+    End(Option<HeaderMap>),
+    NeedMore,
+}
+
+/// Advances the chunked decoder over what `buf` holds (RFC 9112 §7.1).
+fn step_chunk(buf: &mut BytesMut, chunk: Chunk) -> Result<Step, BodyError> {
+    match chunk {
+        Chunk::Size => {
+            let Some(line_end) = find_crlf(buf, MAX_CHUNK_LINE)? else {
+                return Ok(Step::NeedMore);
+            };
+            let line = &buf[..line_end];
+            let digits = line
+                .split(|&b| b == b';')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            if digits.is_empty() || digits.len() > 15 {
+                return Err(BodyError::InvalidChunk("bad chunk size"));
+            }
+            let mut size: u64 = 0;
+            for &d in digits {
+                let v = (d as char)
+                    .to_digit(16)
+                    .ok_or(BodyError::InvalidChunk("bad chunk size"))?;
+                size = size * 16 + u64::from(v);
+            }
+            buf.advance(line_end + 2);
+            Ok(Step::Next(if size == 0 {
+                Chunk::Trailers
+            } else {
+                Chunk::Data(size)
+            }))
+        }
+        Chunk::Data(left) => {
+            if buf.is_empty() {
+                return Ok(Step::NeedMore);
+            }
+            let take = (buf.len() as u64).min(left) as usize;
+            let data = buf.split_to(take).freeze();
+            let left = left - take as u64;
+            let next = if left == 0 {
+                Chunk::DataEnd
+            } else {
+                Chunk::Data(left)
+            };
+            Ok(Step::Data(data, next))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Step::NeedMore);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(BodyError::InvalidChunk("chunk data not followed by CRLF"));
+            }
+            buf.advance(2);
+            Ok(Step::Next(Chunk::Size))
+        }
+        Chunk::Trailers => {
+            if buf.starts_with(b"\r\n") {
+                buf.advance(2);
+                return Ok(Step::End(None));
+            }
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            match httparse::parse_headers(buf, &mut fields) {
+                Ok(httparse::Status::Complete((len, fields))) => {
+                    let mut trailers = HeaderMap::with_capacity(fields.len());
+                    for field in fields.iter() {
+                        if let (Ok(name), Ok(value)) = (
+                            HeaderName::from_bytes(field.name.as_bytes()),
+                            HeaderValue::from_bytes(field.value),
+                        ) {
+                            trailers.append(name, value);
+                        }
+                    }
+                    buf.advance(len);
+                    Ok(Step::End(Some(trailers)))
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE * 4 => {
+                    Ok(Step::NeedMore)
+                }
+                Ok(httparse::Status::Partial) => Err(BodyError::InvalidChunk("trailers too large")),
+                Err(_) => Err(BodyError::InvalidChunk("invalid trailer fields")),
+            }
+        }
+    }
+}
+
+/// The offset of the first CRLF in `buf`, if there is one within `limit` bytes.
+fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, BodyError> {
+    match buf.windows(2).position(|w| w == b"\r\n") {
+        Some(at) if at <= limit => Ok(Some(at)),
+        Some(_) => Err(BodyError::InvalidChunk("chunk-size line too long")),
+        None if buf.len() > limit => Err(BodyError::InvalidChunk("chunk-size line too long")),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<Option<(Response<()>, Framing)>, Http1Error> {
+        let mut buf = BytesMut::from(text.as_bytes());
+        parse_head(&mut buf, 8192, false)
+    }
+
+    fn complete(text: &str) -> (Response<()>, Framing) {
+        match head(text) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => panic!("head incomplete: {text:?}"),
+            Err(e) => panic!("head rejected: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_response_head_is_parsed_with_its_framing() {
+        let (response, framing) = complete(
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 1024\r\nX-A: 1\r\nX-A: 2\r\n\r\n",
+        );
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), Version::HTTP_11);
+        assert_eq!(framing, Framing::Length(1024));
+        assert_eq!(response.headers()["server"], "nginx");
+        assert_eq!(response.headers().get_all("x-a").iter().count(), 2);
+        assert!(response
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .is_none());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        assert_eq!(
+            complete(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n"
+            )
+            .1,
+            Framing::Chunked
+        );
+        assert_eq!(
+            complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n").1,
+            Framing::UntilClose
+        );
+        assert_eq!(complete("HTTP/1.0 200 OK\r\n\r\n").1, Framing::UntilClose);
+        assert_eq!(
+            complete("HTTP/1.1 204 No Content\r\nContent-Length: 10\r\n\r\n").1,
+            Framing::Empty
+        );
+        assert_eq!(
+            complete("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").1,
+            Framing::Empty
+        );
+        assert_eq!(
+            complete("HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n").1,
+            Framing::Length(7)
+        );
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"[..]);
+        let parsed = parse_head(&mut buf, 8192, true)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(parsed.1, Framing::Empty, "a HEAD response has no body");
+    }
+
+    #[test]
+    fn bad_heads_are_invalid_or_too_large() {
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1e3\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n",
+            "SSH-2.0-OpenSSH_9.2\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(bad), Err(Http1Error::Invalid(_))),
+                "{bad:?}: {:?}",
+                head(bad).map(|h| h.map(|h| h.1))
+            );
+        }
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("x-{i}: v\r\n"))
+            .collect();
+        assert!(matches!(
+            head(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")),
+            Err(Http1Error::HeadTooLarge)
+        ));
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-Long: aaaaaaaaaaaaaaaaaaaa\r\n\r\n"[..]);
+        assert!(matches!(
+            parse_head(&mut buf, 20, false),
+            Err(Http1Error::HeadTooLarge)
+        ));
+        assert!(matches!(head("HTTP/1.1 200 OK\r\nServer: x\r\n"), Ok(None)));
+    }
+
+    #[test]
+    fn a_custom_reason_phrase_is_kept() {
+        let (response, _) = complete("HTTP/1.1 200 Fine Thanks\r\nContent-Length: 0\r\n\r\n");
+        let reason = response.extensions().get::<hyper::ext::ReasonPhrase>();
+        assert_eq!(reason.map(|r| r.as_bytes()), Some(&b"Fine Thanks"[..]));
+    }
+
+    fn request(method: &str, headers: &[(&str, &str)], body: &'static [u8]) -> Vec<u8> {
+        let mut builder = Request::builder().method(method).uri("/a?b=1");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let body = if body.is_empty() {
+            RequestBody::empty()
+        } else {
+            RequestBody::full(Bytes::from_static(body))
+        };
+        let request = builder.body(body).expect("test request");
+        let mut out = Vec::new();
+        encode_head(
+            &request,
+            request.body().buffered().map_or(0, <[u8]>::len),
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn the_request_head_carries_the_body_length_and_never_chunked() {
+        assert_eq!(
+            request("GET", &[("host", "app")], b""),
+            b"GET /a?b=1 HTTP/1.1\r\nhost: app\r\n\r\n"
+        );
+        assert_eq!(
+            request(
+                "POST",
+                &[
+                    ("host", "app"),
+                    ("transfer-encoding", "chunked"),
+                    ("content-length", "99")
+                ],
+                b"hello"
+            ),
+            b"POST /a?b=1 HTTP/1.1\r\nhost: app\r\ncontent-length: 5\r\n\r\n"
+        );
+        assert_eq!(
+            request("POST", &[("content-length", "0")], b""),
+            b"POST /a?b=1 HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            "an empty body keeps the client's Content-Length: 0"
+        );
+    }
+
+    /// Decodes `wire` as a chunked body fed in pieces of `step` bytes.
+    fn dechunk(wire: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), BodyError> {
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        let mut chunk = Chunk::Size;
+        let mut data = Vec::new();
+        loop {
+            match step_chunk(&mut buf, chunk)? {
+                Step::Data(bytes, next) => {
+                    data.extend_from_slice(&bytes);
+                    chunk = next;
+                }
+                Step::Next(next) => chunk = next,
+                Step::End(trailers) => {
+                    assert!(buf.is_empty(), "nothing left past the body");
+                    return Ok((data, trailers));
+                }
+                Step::NeedMore => {
+                    if fed == wire.len() {
+                        return Err(BodyError::Closed { remaining: "test" });
+                    }
+                    let end = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_sizes() {
+        let wire =
+            b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Sum: 42\r\n\r\n";
+        for step in [1, 2, 3, 7, wire.len()] {
+            let (data, trailers) = dechunk(wire, step).expect("valid chunked body");
+            assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
+            let trailers = trailers.expect("trailers");
+            assert_eq!(trailers["x-sum"], "42");
+        }
+        let (data, trailers) = dechunk(b"3\r\nabc\r\n0\r\n\r\n", 4).expect("valid");
+        assert_eq!(data, b"abc");
+        assert!(trailers.is_none());
+    }
+
+    #[test]
+    fn broken_chunked_bodies_are_errors() {
+        for bad in [
+            &b"zz\r\nabc\r\n0\r\n\r\n"[..],
+            b"3\r\nabcX\r\n0\r\n\r\n",
+            b"ffffffffffffffff\r\n",
+            b"\r\n",
+        ] {
+            assert!(
+                matches!(dechunk(bad, 64), Err(BodyError::InvalidChunk(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(
+            dechunk(b"5\r\nabc", 64),
+            Err(BodyError::Closed { .. })
+        ));
+        let long = vec![b'1'; MAX_CHUNK_LINE + 10];
+        assert!(matches!(
+            dechunk(&long, 64),
+            Err(BodyError::InvalidChunk(_))
+        ));
+    }
+
+    #[test]
+    fn itoa_writes_decimal() {
+        for n in [0u64, 7, 10, 1024, u64::MAX] {
+            assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
+}
