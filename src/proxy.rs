@@ -378,7 +378,7 @@ async fn handle(
             parts.headers.insert(header::HOST, host);
         }
     }
-    parts.uri = upstream_uri(&parts.uri, &upstream, host.as_deref());
+    parts.uri = upstream_uri(std::mem::take(&mut parts.uri), &upstream, host.as_deref());
     parts.version = if upstream.config.protocol.is_http2() {
         http::Version::HTTP_2
     } else {
@@ -487,7 +487,10 @@ fn effective_host<B>(request: &Request<B>) -> Option<String> {
 }
 
 /// The URI as the upstream should see it: origin-form for HTTP/1.1, absolute for HTTP/2.
-fn upstream_uri(uri: &Uri, upstream: &Upstream, host: Option<&str>) -> Uri {
+fn upstream_uri(uri: Uri, upstream: &Upstream, host: Option<&str>) -> Uri {
+    if !upstream.config.protocol.is_http2() && uri.authority().is_none() {
+        return uri; // already origin-form: nothing to re-parse
+    }
     let path = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
     if !upstream.config.protocol.is_http2() {
         return path.parse().unwrap_or_else(|_| Uri::from_static("/"));

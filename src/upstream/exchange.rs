@@ -5,6 +5,7 @@
 //! response byte arrived ([`IoStats`]) — and runs the `write` and `header` timeouts as a watchdog
 //! beside the exchange, so a slow body never trips the header timeout and vice versa.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{header, HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
@@ -360,18 +362,31 @@ pub fn replay_of(request: &Request<RequestBody>) -> Option<Request<RequestBody>>
 /// Sends `request` on `conn` and waits for the response head under the `write` and `header`
 /// timeouts. On success the body is wrapped so that mid-body failures are classified too and
 /// the connection returns to the pool when the body ends cleanly.
-pub async fn send(
+pub fn send<'a>(
+    conn: Conn,
+    request: Request<RequestBody>,
+    config: &'a config::Upstream,
+    server: Arc<Server>,
+    permit: Permit,
+) -> impl Future<Output = Result<Response<UpstreamBody>, Failed>> + Send + 'a {
+    // Not an `async fn`: each path's future is returned as is, and hyper's (the rare path:
+    // streamed uploads, HTTP/2, upgrades) is boxed so it does not size every request's future.
+    let inline = matches!(conn.sender, Sender::Inline(_)) && request.body().buffered().is_some();
+    if inline {
+        Either::Left(send_inline(conn, request, config, server, permit))
+    } else {
+        Either::Right(Box::pin(send_hyper(conn, request, config, server, permit)))
+    }
+}
+
+/// [`send`] through hyper's client.
+async fn send_hyper(
     conn: Conn,
     request: Request<RequestBody>,
     config: &config::Upstream,
     server: Arc<Server>,
     permit: Permit,
 ) -> Result<Response<UpstreamBody>, Failed> {
-    if let Sender::Inline(_) = conn.sender {
-        if request.body().buffered().is_some() {
-            return send_inline(conn, request, config, server, permit).await;
-        }
-    }
     let mut conn = match conn.into_hyper(config.max_response_header).await {
         Ok(conn) => conn,
         Err(error) => {
