@@ -23,7 +23,9 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use super::body::UpstreamBody;
 use super::connect::{fmt_duration, Counted, IoStats, Stream};
-use super::http1::{Http1Body, Http1Conn, Http1Error, Limits as Http1Limits, Written};
+use super::http1::{
+    Http1Body, Http1Conn, Http1Error, Limits as Http1Limits, ResponseHead, Written,
+};
 use super::pool::Permit;
 use super::{BoxError, Reuse, Sent, Server, UpstreamError};
 use crate::cause::Cause;
@@ -605,7 +607,7 @@ async fn send_inline(
         header: config.timeouts.header,
         max_head: config.max_response_header,
     };
-    let (head, framing) = match super::http1::exchange(&mut transport, &request, limits).await {
+    let head = match super::http1::exchange(&mut transport, &request, limits).await {
         Ok(exchanged) => exchanged,
         Err(failed) => {
             let sent = match failed.written {
@@ -634,7 +636,11 @@ async fn send_inline(
             });
         }
     };
-    let keep_alive = KeepAlive::from_response(head.headers(), head.version());
+    let ResponseHead {
+        response,
+        framing,
+        keep_alive,
+    } = head;
     let uses = uses + 1;
     let reusable =
         keep_alive.reusable && framing.is_delimited() && max_uses.is_none_or(|max| uses < max);
@@ -658,7 +664,7 @@ async fn send_inline(
         },
         permit,
     );
-    Ok(head.map(|()| body))
+    Ok(response.map(|()| body))
 }
 
 /// What the upstream's response says about reusing its connection.
@@ -675,39 +681,58 @@ impl KeepAlive {
     /// Reads `Connection` and `Keep-Alive` (RFC 9112 §9.3; the Keep-Alive header is the
     /// de-facto extension Node and Apache send).
     pub fn from_response(headers: &HeaderMap, version: http::Version) -> KeepAlive {
-        let mut reusable = version != http::Version::HTTP_10;
+        let mut keep_alive = KeepAlive::default_for(version);
         for value in headers.get_all(header::CONNECTION) {
-            for token in value.to_str().unwrap_or("").split(',') {
-                let token = token.trim();
-                if token.eq_ignore_ascii_case("close") {
-                    reusable = false;
-                } else if token.eq_ignore_ascii_case("keep-alive")
-                    && version == http::Version::HTTP_10
-                {
-                    reusable = true;
-                }
-            }
+            keep_alive.read_connection(value.as_bytes(), version);
         }
-        let mut timeout = None;
-        let mut max = None;
         for value in headers.get_all(&crate::headers::KEEP_ALIVE) {
-            for param in value.to_str().unwrap_or("").split(',') {
-                let Some((name, number)) = param.split_once('=') else {
-                    continue;
-                };
-                let number = number.trim().trim_matches('"');
-                let name = name.trim();
-                if name.eq_ignore_ascii_case("timeout") {
-                    timeout = number.parse::<u64>().ok().map(Duration::from_secs);
-                } else if name.eq_ignore_ascii_case("max") {
-                    max = number.parse::<u32>().ok();
+            keep_alive.read_keep_alive(value.as_bytes());
+        }
+        keep_alive
+    }
+
+    /// What a response of this version means before its fields are read: HTTP/1.1
+    /// connections persist unless closed, HTTP/1.0 ones only when asked.
+    pub fn default_for(version: http::Version) -> KeepAlive {
+        KeepAlive {
+            reusable: version != http::Version::HTTP_10,
+            timeout: None,
+            max: None,
+        }
+    }
+
+    /// Applies one `Connection` field value. Returns whether it names anything besides
+    /// `close` and `keep-alive`: header fields that are then hop-by-hop too.
+    pub fn read_connection(&mut self, value: &[u8], version: http::Version) -> bool {
+        let mut names_fields = false;
+        for token in std::str::from_utf8(value).unwrap_or("").split(',') {
+            let token = token.trim();
+            if token.eq_ignore_ascii_case("close") {
+                self.reusable = false;
+            } else if token.eq_ignore_ascii_case("keep-alive") {
+                if version == http::Version::HTTP_10 {
+                    self.reusable = true;
                 }
+            } else if !token.is_empty() {
+                names_fields = true;
             }
         }
-        KeepAlive {
-            reusable,
-            timeout,
-            max,
+        names_fields
+    }
+
+    /// Applies one `Keep-Alive` field value (`timeout=N, max=M`).
+    pub fn read_keep_alive(&mut self, value: &[u8]) {
+        for param in std::str::from_utf8(value).unwrap_or("").split(',') {
+            let Some((name, number)) = param.split_once('=') else {
+                continue;
+            };
+            let number = number.trim().trim_matches('"');
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("timeout") {
+                self.timeout = number.parse::<u64>().ok().map(Duration::from_secs);
+            } else if name.eq_ignore_ascii_case("max") {
+                self.max = number.parse::<u32>().ok();
+            }
         }
     }
 }

@@ -25,10 +25,10 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::sleep;
 
 use super::connect::{Counted, IoStats, Stream};
-use super::exchange::RequestBody;
+use super::exchange::{KeepAlive, RequestBody};
 
 /// The most header fields a response head may carry (hyper's limit too).
 const MAX_HEADERS: usize = 100;
@@ -152,14 +152,14 @@ pub async fn exchange(
     conn: &mut Http1Conn,
     request: &Request<RequestBody>,
     limits: Limits,
-) -> Result<(Response<()>, Framing), ExchangeFailed> {
+) -> Result<ResponseHead, ExchangeFailed> {
     let body = request.body().buffered().unwrap_or_default();
     let mut head = Vec::with_capacity(512 + body.len().min(INLINE_BODY));
     encode_head(request, body.len(), &mut head);
     write_request(&mut conn.io, &mut head, body, limits.write).await?;
-    let deadline = Instant::now() + limits.header;
     let is_head = request.method() == Method::HEAD;
-    match within(deadline, read_head(conn, limits.max_head, is_head)).await {
+    // The header timeout starts now: the request is written.
+    match within(limits.header, read_head(conn, limits.max_head, is_head)).await {
         Some(Ok(head)) => Ok(head),
         Some(Err(error)) => Err(ExchangeFailed {
             error,
@@ -237,8 +237,7 @@ async fn write_request(
     for part in [head.as_slice(), rest] {
         let mut part = part;
         while !part.is_empty() {
-            let deadline = Instant::now() + timeout;
-            match within(deadline, io.write(part)).await {
+            match within(timeout, io.write(part)).await {
                 Some(Ok(0)) => {
                     let error = io::Error::from(io::ErrorKind::WriteZero);
                     return Err(write_failed(Http1Error::Write(error), written));
@@ -253,7 +252,7 @@ async fn write_request(
         }
     }
     // TLS buffers records until flushed.
-    match within(Instant::now() + timeout, io.flush()).await {
+    match within(timeout, io.flush()).await {
         Some(Ok(())) => Ok(()),
         Some(Err(error)) => Err(write_failed(Http1Error::Write(error), written)),
         None => Err(write_failed(Http1Error::WriteTimeout, written)),
@@ -264,10 +263,10 @@ fn write_failed(error: Http1Error, written: Written) -> ExchangeFailed {
     ExchangeFailed { error, written }
 }
 
-/// Runs `future` until `deadline`; `None` if the deadline came first. The timer is created
-/// only if the future does not finish on its first poll: a healthy upstream takes most writes
-/// at once, and those should not register a timer.
-async fn within<F: Future>(deadline: Instant, future: F) -> Option<F::Output> {
+/// Runs `future` for at most `limit` from its first poll; `None` if the time ran out. The
+/// timer (and the clock read) happens only if the future does not finish on its first poll:
+/// a healthy upstream takes most writes at once, and those should not register a timer.
+async fn within<F: Future>(limit: Duration, future: F) -> Option<F::Output> {
     let mut future = pin!(future);
     let mut timer = pin!(None);
     std::future::poll_fn(|cx| {
@@ -275,7 +274,7 @@ async fn within<F: Future>(deadline: Instant, future: F) -> Option<F::Output> {
             return Poll::Ready(Some(output));
         }
         if timer.is_none() {
-            timer.set(Some(sleep_until(deadline)));
+            timer.set(Some(sleep(limit)));
         }
         match timer.as_mut().as_pin_mut() {
             Some(sleep) => sleep.poll(cx).map(|()| None),
@@ -308,15 +307,15 @@ async fn read_head(
     conn: &mut Http1Conn,
     max_head: usize,
     is_head: bool,
-) -> Result<(Response<()>, Framing), Http1Error> {
+) -> Result<ResponseHead, Http1Error> {
     loop {
         if !conn.buf.is_empty() {
-            if let Some((response, framing)) = parse_head(&mut conn.buf, max_head, is_head)? {
-                if response.status().is_informational() {
+            if let Some(head) = parse_head(&mut conn.buf, max_head, is_head)? {
+                if head.response.status().is_informational() {
                     // 100 Continue, 102, 103 Early Hints: not the answer; read on.
                     continue;
                 }
-                return Ok((response, framing));
+                return Ok(head);
             }
             if conn.buf.len() >= max_head {
                 return Err(Http1Error::HeadTooLarge);
@@ -351,13 +350,35 @@ fn poll_read_more(
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
+/// A parsed response head with what its fields say about the body and the connection.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub response: Response<()>,
+    pub framing: Framing,
+    pub keep_alive: KeepAlive,
+}
+
+/// The fields that frame the body or govern reuse, read in the same pass that copies the
+/// fields into the header map (no second lookup per field afterwards).
+#[derive(Default)]
+struct FramingFields {
+    content_length: Option<u64>,
+    /// Whether a `Transfer-Encoding` was present, and whether its last coding is chunked.
+    transfer_encoding: Option<bool>,
+    /// `Connection` names fields besides `close` and `keep-alive`.
+    connection_names_fields: bool,
+}
+
 /// Parses a response head at the start of `buf`; `None` when it is not complete yet. On
 /// success the head's bytes are split off `buf` (header values point into them, no copy).
+/// `Connection` and `Keep-Alive` are read, not kept: they describe this hop only, and the
+/// proxy would strip them anyway (unless `Connection` names other fields; then both stay so
+/// the strip can see which).
 fn parse_head(
     buf: &mut BytesMut,
     max_head: usize,
     is_head: bool,
-) -> Result<Option<(Response<()>, Framing)>, Http1Error> {
+) -> Result<Option<ResponseHead>, Http1Error> {
     let mut fields: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
         [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -384,23 +405,45 @@ fn parse_head(
 
     // Header values become slices of the head's bytes: offsets first, then one freeze.
     let base = buf.as_ptr() as usize;
+    let mut framing_fields = FramingFields::default();
+    let mut keep_alive = KeepAlive::default_for(version);
     let mut spans = Vec::with_capacity(parsed.headers.len());
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Http1Error::Invalid(format!("invalid header name {:?}", field.name)))?;
+        let hop = if name == header::CONTENT_LENGTH {
+            framing_fields.read_content_length(field.value)?;
+            false
+        } else if name == header::TRANSFER_ENCODING {
+            framing_fields.transfer_encoding = Some(last_coding_is_chunked(field.value));
+            false
+        } else if name == header::CONNECTION {
+            framing_fields.connection_names_fields |=
+                keep_alive.read_connection(field.value, version);
+            true
+        } else if name == crate::headers::KEEP_ALIVE {
+            keep_alive.read_keep_alive(field.value);
+            true
+        } else {
+            false
+        };
         let start = field.value.as_ptr() as usize - base;
-        spans.push((name, start, start + field.value.len()));
+        spans.push((name, start, start + field.value.len(), hop));
     }
     let head = buf.split_to(head_len).freeze();
     let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name, start, end) in spans {
+    let keep_hop = framing_fields.connection_names_fields;
+    for (name, start, end, hop) in spans {
+        if hop && !keep_hop {
+            continue;
+        }
         // httparse accepted these bytes as a field value; the check here is a second, cheap one.
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| Http1Error::Invalid(format!("invalid value for header {name}")))?;
         headers.append(name, value);
     }
 
-    let framing = framing(status, &headers, is_head)?;
+    let framing = framing(status, &framing_fields, is_head)?;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -410,11 +453,48 @@ fn parse_head(
             response.extensions_mut().insert(reason);
         }
     }
-    Ok(Some((response, framing)))
+    Ok(Some(ResponseHead {
+        response,
+        framing,
+        keep_alive,
+    }))
 }
 
-/// How the body of this response is delimited, from its status and headers.
-fn framing(status: StatusCode, headers: &HeaderMap, is_head: bool) -> Result<Framing, Http1Error> {
+impl FramingFields {
+    /// One `Content-Length` field: digits only; repeated values (or a list) must agree.
+    fn read_content_length(&mut self, value: &[u8]) -> Result<(), Http1Error> {
+        for part in value.split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let parsed = std::str::from_utf8(part)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| Http1Error::Invalid("invalid Content-Length".into()))?;
+            if self.content_length.is_some_and(|seen| seen != parsed) {
+                return Err(Http1Error::Invalid(
+                    "conflicting Content-Length values".into(),
+                ));
+            }
+            self.content_length = Some(parsed);
+        }
+        Ok(())
+    }
+}
+
+/// Whether the last coding of a `Transfer-Encoding` value is `chunked`.
+fn last_coding_is_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// How the body of this response is delimited, from its status and framing fields.
+fn framing(
+    status: StatusCode,
+    fields: &FramingFields,
+    is_head: bool,
+) -> Result<Framing, Http1Error> {
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(Http1Error::Invalid(
             "101 Switching Protocols to a request that did not ask to upgrade".into(),
@@ -427,44 +507,14 @@ fn framing(status: StatusCode, headers: &HeaderMap, is_head: bool) -> Result<Fra
     {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3 rule 3); a response
-        // whose last coding is not chunked runs until the close.
-        let chunked = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
-        });
+    // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3 rule 3); a response whose
+    // last coding is not chunked runs until the close.
+    match (fields.transfer_encoding, fields.content_length) {
+        (Some(true), _) => Ok(Framing::Chunked),
+        (Some(false), _) | (None, None) => Ok(Framing::UntilClose),
+        (None, Some(0)) => Ok(Framing::Empty),
+        (None, Some(n)) => Ok(Framing::Length(n)),
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            let parsed = std::str::from_utf8(part)
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| Http1Error::Invalid("invalid Content-Length".into()))?;
-            if length.is_some_and(|seen| seen != parsed) {
-                return Err(Http1Error::Invalid(
-                    "conflicting Content-Length values".into(),
-                ));
-            }
-            length = Some(parsed);
-        }
-    }
-    Ok(match length {
-        Some(0) => Framing::Empty,
-        Some(n) => Framing::Length(n),
-        None => Framing::UntilClose,
-    })
 }
 
 /// Where a chunked body's decoder is.
@@ -711,7 +761,7 @@ mod tests {
 
     fn head(text: &str) -> Result<Option<(Response<()>, Framing)>, Http1Error> {
         let mut buf = BytesMut::from(text.as_bytes());
-        parse_head(&mut buf, 8192, false)
+        parse_head(&mut buf, 8192, false).map(|h| h.map(|h| (h.response, h.framing)))
     }
 
     fn complete(text: &str) -> (Response<()>, Framing) {
@@ -768,7 +818,7 @@ mod tests {
         let parsed = parse_head(&mut buf, 8192, true)
             .expect("valid")
             .expect("complete");
-        assert_eq!(parsed.1, Framing::Empty, "a HEAD response has no body");
+        assert_eq!(parsed.framing, Framing::Empty, "a HEAD response has no body");
     }
 
     #[test]
@@ -802,6 +852,35 @@ mod tests {
             Err(Http1Error::HeadTooLarge)
         ));
         assert!(matches!(head("HTTP/1.1 200 OK\r\nServer: x\r\n"), Ok(None)));
+    }
+
+    #[test]
+    fn connection_and_keep_alive_are_read_not_relayed() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5, max=9\r\nContent-Length: 0\r\n\r\n"[..],
+        );
+        let head = parse_head(&mut buf, 8192, false)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(
+            head.keep_alive,
+            KeepAlive {
+                reusable: true,
+                timeout: Some(Duration::from_secs(5)),
+                max: Some(9)
+            }
+        );
+        assert!(!head.response.headers().contains_key("connection"));
+        assert!(!head.response.headers().contains_key("keep-alive"));
+
+        // Naming another field makes that one hop-by-hop: both stay for the strip to see.
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.0 200 OK\r\nConnection: close, x-hop\r\nX-Hop: 1\r\n\r\n"[..]);
+        let head = parse_head(&mut buf, 8192, false)
+            .expect("valid")
+            .expect("complete");
+        assert!(!head.keep_alive.reusable);
+        assert_eq!(head.response.headers()["connection"], "close, x-hop");
     }
 
     #[test]
