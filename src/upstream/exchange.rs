@@ -704,6 +704,15 @@ impl KeepAlive {
     /// Applies one `Connection` field value. Returns whether it names anything besides
     /// `close` and `keep-alive`: header fields that are then hop-by-hop too.
     pub fn read_connection(&mut self, value: &[u8], version: http::Version) -> bool {
+        // The two values nearly every upstream sends, without splitting.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.reusable |= version == http::Version::HTTP_10;
+            return false;
+        }
+        if value.eq_ignore_ascii_case(b"close") {
+            self.reusable = false;
+            return false;
+        }
         let mut names_fields = false;
         for token in std::str::from_utf8(value).unwrap_or("").split(',') {
             let token = token.trim();
