@@ -124,15 +124,7 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
         let access = self.access.clone();
         let client = self.client.clone();
         let stream = self.streams.as_ref().map(|s| s.open());
-        Box::pin(async move {
-            let tally = crate::metrics::RequestTally::start();
-            let mut response = handle(state, access, client, request, &tally).await;
-            let in_flight = tally.responded(response.status());
-            response.body_mut().in_flight = Some(in_flight);
-            // Open until the response body is over (or dropped with this future).
-            response.body_mut().stream = stream;
-            Ok(response)
-        })
+        Box::pin(handle(state, access, client, request, stream))
     }
 }
 
@@ -173,285 +165,319 @@ impl ClientBodyError {
 }
 
 /// Proxies one request end to end.
-async fn handle(
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment in the body
+fn handle(
     state: Arc<State>,
     access: AccessLog,
     client: ClientInfo,
     request: Request<Incoming>,
-    tally: &crate::metrics::RequestTally,
-) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let server_config = &state.config.server;
-    let peer_ip = client.peer.map(|p| p.ip());
-    let trusted = headers::is_trusted(peer_ip, &server_config.trusted_proxies);
-    let request_id = headers::request_id(request.headers(), server_config.trust_request_id);
-    let host = effective_host(&request);
-    // Built only when it will be written: `access_log = "off"` costs nothing per request.
-    let record = access.is_enabled().then(|| AccessRecord {
-        referer: header_string(&request, header::REFERER),
-        user_agent: header_string(&request, header::USER_AGENT),
-        ..AccessRecord::arriving(
-            request_id.clone(),
-            client
-                .peer
-                .map_or_else(|| "unix".to_string(), |p| p.to_string()),
-            request.method().to_string(),
-            host.clone().unwrap_or_default(),
-            request
-                .uri()
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
-            version_name(request.version()),
-        )
-    });
-    let mut guard = LogGuard {
-        record,
-        access: access.clone(),
-        started,
-        bytes_in: None,
-    };
-    let accept = request.headers().get(header::ACCEPT).cloned();
-    // RFC 9112 §3.2: exactly one Host in HTTP/1.1 (an absolute-form target may stand in for
-    // it). Two Hosts, or none, would let causeway and the upstream disagree on the authority.
-    let hosts = request.headers().get_all(header::HOST).iter().count();
-    let absolute = request.uri().authority().is_some();
-    if hosts > 1 || (hosts == 0 && !absolute && request.version() == http::Version::HTTP_11) {
-        let detail = if hosts > 1 {
-            "more than one Host header (RFC 9112 §3.2)"
-        } else {
-            "HTTP/1.1 request without a Host header (RFC 9112 §3.2)"
-        };
-        return guard.finish_local(StatusCode::BAD_REQUEST, detail, &request_id);
-    }
-
-    // Loop: our own pseudonym already in Via.
-    if headers::has_our_via(request.headers()) {
-        let error = UpstreamError::new(
-            Cause::LoopDetected,
-            "request already passed through causeway (Via names us): a proxy loop",
-        );
-        return guard.finish_error(&state, error, None, 0, accept.as_ref(), &request_id);
-    }
-
-    let Some(index) = state.routes.lookup(host.as_deref(), request.uri().path()) else {
-        let error = UpstreamError::new(
-            Cause::NoRoute,
-            format!(
-                "no route matches host \"{}\" and path \"{}\"",
-                host.as_deref().unwrap_or(""),
-                request.uri().path()
-            ),
-        );
-        return guard.finish_error(&state, error, None, 0, accept.as_ref(), &request_id);
-    };
-    let upstream = state.upstreams[index].clone();
-    tally.route(&upstream.name);
-    if let Some(r) = guard.record.as_mut() {
-        r.upstream = Some(upstream.name.to_string());
-    }
-
-    // Declared body too large: refuse before reading any of it.
-    let max_body = server_config.max_request_body;
-    if let Some(length) = content_length(&request) {
-        if length > max_body {
-            let error = classify::client_body_error(&ClientBodyError::TooLarge { limit: max_body });
-            return guard.finish_error(
-                &state,
-                error,
-                Some(&upstream),
-                0,
-                accept.as_ref(),
-                &request_id,
-            );
-        }
-    }
-
-    // FastCGI: a path that names no runnable script is answered here, without a worker.
-    if let Some(fastcgi) = &upstream.config.fastcgi {
-        if let Err(e) = crate::upstream::fastcgi::check_script(fastcgi, request.uri().path()) {
-            return guard.finish_local(e.status(), &e.to_string(), &request_id);
-        }
-    }
-
-    let is_upgrade = request.headers().contains_key(header::UPGRADE);
-    let client_version = request.version();
-    let (mut parts, incoming) = request.into_parts();
-    let client_upgrade = if is_upgrade {
-        Some(hyper::upgrade::on(Request::from_parts(parts.clone(), ())))
-    } else {
-        None
-    };
-    // From the body, not the headers: an HTTP/2 body may have neither Content-Length nor
-    // Transfer-Encoding, and is empty only when the stream ended with the headers.
-    let bodyless = incoming.is_end_stream();
-    let bytes_in = Arc::new(AtomicU64::new(0));
-    tally.bytes_in(&bytes_in);
-    guard.bytes_in = Some(bytes_in.clone());
-    let client_body = ClientBody::new(
-        incoming,
-        max_body,
-        server_config.request_body_timeout,
-        bytes_in.clone(),
-    );
-    // FastCGI needs CONTENT_LENGTH up front (PHP reads no more than it): a body of unknown
-    // length is spooled, up to `fastcgi.max_spool_body`, else 411 like nginx's
-    // `fastcgi_request_buffering` limit.
-    let spool_limit = upstream
-        .config
-        .fastcgi
-        .as_ref()
-        .filter(|_| !bodyless && !parts.headers.contains_key(header::CONTENT_LENGTH))
-        .map(|f| f.max_spool_body as usize);
-    let buffer_limit = spool_limit.unwrap_or(upstream.config.retry.max_replay_body);
-    let buffer_whole = spool_limit.is_some()
-        || replayable_length(&parts.headers, client_body.hint_exact(), buffer_limit).is_some();
-    let body = match buffer_whole.then_some(()) {
-        Some(_) => match http_body_util::Limited::new(client_body, buffer_limit)
-            .collect()
-            .await
-        {
-            Ok(collected) => {
-                let bytes = collected.to_bytes();
-                if spool_limit.is_some() {
-                    parts.headers.remove(header::TRANSFER_ENCODING);
-                    parts
-                        .headers
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                }
-                RequestBody::full(bytes)
-            }
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
+    stream: Option<crate::server::conn::OpenStream>,
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send {
+    // Not an `async fn`: those keep their arguments twice in their state (rustc moves
+    // them into locals). And one future, not a wrapper around an inner one: the service
+    // boxes it per request, and every nested future is one more copy of its state.
+    async move {
+        let started_tally = crate::metrics::RequestTally::start();
+        let tally = &started_tally;
+        let mut response = 'answer: {
+            let started = Instant::now();
+            let server_config = &state.config.server;
+            let peer_ip = client.peer.map(|p| p.ip());
+            let trusted = headers::is_trusted(peer_ip, &server_config.trusted_proxies);
+            let request_id = headers::request_id(request.headers(), server_config.trust_request_id);
+            let host = effective_host(&request);
+            // Built only when it will be written: `access_log = "off"` costs nothing per request.
+            let record = access.is_enabled().then(|| AccessRecord {
+                referer: header_string(&request, header::REFERER),
+                user_agent: header_string(&request, header::USER_AGENT),
+                ..AccessRecord::arriving(
+                    request_id.clone(),
+                    client
+                        .peer
+                        .map_or_else(|| "unix".to_string(), |p| p.to_string()),
+                    request.method().to_string(),
+                    host.clone().unwrap_or_default(),
+                    request
+                        .uri()
+                        .path_and_query()
+                        .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
+                    version_name(request.version()),
+                )
+            });
+            let mut guard = LogGuard {
+                record,
+                access: access.clone(),
+                started,
+                bytes_in: None,
+            };
+            let accept = request.headers().get(header::ACCEPT).cloned();
+            // RFC 9112 §3.2: exactly one Host in HTTP/1.1 (an absolute-form target may stand in for
+            // it). Two Hosts, or none, would let causeway and the upstream disagree on the authority.
+            let hosts = request.headers().get_all(header::HOST).iter().count();
+            let absolute = request.uri().authority().is_some();
+            if hosts > 1 || (hosts == 0 && !absolute && request.version() == http::Version::HTTP_11)
             {
-                return guard.finish_local(
+                let detail = if hosts > 1 {
+                    "more than one Host header (RFC 9112 §3.2)"
+                } else {
+                    "HTTP/1.1 request without a Host header (RFC 9112 §3.2)"
+                };
+                break 'answer guard.finish_local(StatusCode::BAD_REQUEST, detail, &request_id);
+            }
+
+            // Loop: our own pseudonym already in Via.
+            if headers::has_our_via(request.headers()) {
+                let error = UpstreamError::new(
+                    Cause::LoopDetected,
+                    "request already passed through causeway (Via names us): a proxy loop",
+                );
+                break 'answer guard.finish_error(
+                    &state,
+                    error,
+                    None,
+                    0,
+                    accept.as_ref(),
+                    &request_id,
+                );
+            }
+
+            let Some(index) = state.routes.lookup(host.as_deref(), request.uri().path()) else {
+                let error = UpstreamError::new(
+                    Cause::NoRoute,
+                    format!(
+                        "no route matches host \"{}\" and path \"{}\"",
+                        host.as_deref().unwrap_or(""),
+                        request.uri().path()
+                    ),
+                );
+                break 'answer guard.finish_error(
+                    &state,
+                    error,
+                    None,
+                    0,
+                    accept.as_ref(),
+                    &request_id,
+                );
+            };
+            let upstream = state.upstreams[index].clone();
+            tally.route(&upstream.name);
+            if let Some(r) = guard.record.as_mut() {
+                r.upstream = Some(upstream.name.to_string());
+            }
+
+            // Declared body too large: refuse before reading any of it.
+            let max_body = server_config.max_request_body;
+            if let Some(length) = content_length(&request) {
+                if length > max_body {
+                    let error =
+                        classify::client_body_error(&ClientBodyError::TooLarge { limit: max_body });
+                    break 'answer guard.finish_error(
+                        &state,
+                        error,
+                        Some(&upstream),
+                        0,
+                        accept.as_ref(),
+                        &request_id,
+                    );
+                }
+            }
+
+            // FastCGI: a path that names no runnable script is answered here, without a worker.
+            if let Some(fastcgi) = &upstream.config.fastcgi {
+                if let Err(e) =
+                    crate::upstream::fastcgi::check_script(fastcgi, request.uri().path())
+                {
+                    break 'answer guard.finish_local(e.status(), &e.to_string(), &request_id);
+                }
+            }
+
+            let is_upgrade = request.headers().contains_key(header::UPGRADE);
+            let client_version = request.version();
+            let (mut parts, incoming) = request.into_parts();
+            let client_upgrade = if is_upgrade {
+                Some(hyper::upgrade::on(Request::from_parts(parts.clone(), ())))
+            } else {
+                None
+            };
+            // From the body, not the headers: an HTTP/2 body may have neither Content-Length nor
+            // Transfer-Encoding, and is empty only when the stream ended with the headers.
+            let bodyless = incoming.is_end_stream();
+            let bytes_in = Arc::new(AtomicU64::new(0));
+            tally.bytes_in(&bytes_in);
+            guard.bytes_in = Some(bytes_in.clone());
+            let client_body = ClientBody::new(
+                incoming,
+                max_body,
+                server_config.request_body_timeout,
+                bytes_in.clone(),
+            );
+            // FastCGI needs CONTENT_LENGTH up front (PHP reads no more than it): a body of unknown
+            // length is spooled, up to `fastcgi.max_spool_body`, else 411 like nginx's
+            // `fastcgi_request_buffering` limit.
+            let spool_limit = upstream
+                .config
+                .fastcgi
+                .as_ref()
+                .filter(|_| !bodyless && !parts.headers.contains_key(header::CONTENT_LENGTH))
+                .map(|f| f.max_spool_body as usize);
+            let buffer_limit = spool_limit.unwrap_or(upstream.config.retry.max_replay_body);
+            let buffer_whole = spool_limit.is_some()
+                || replayable_length(&parts.headers, client_body.hint_exact(), buffer_limit)
+                    .is_some();
+            let body = match buffer_whole.then_some(()) {
+                Some(_) => match http_body_util::Limited::new(client_body, buffer_limit)
+                    .collect()
+                    .await
+                {
+                    Ok(collected) => {
+                        let bytes = collected.to_bytes();
+                        if spool_limit.is_some() {
+                            parts.headers.remove(header::TRANSFER_ENCODING);
+                            parts
+                                .headers
+                                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                        }
+                        RequestBody::full(bytes)
+                    }
+                    Err(e)
+                        if e.downcast_ref::<http_body_util::LengthLimitError>()
+                            .is_some() =>
+                    {
+                        break 'answer guard.finish_local(
                     StatusCode::LENGTH_REQUIRED,
                     "a request body of unknown length larger than fastcgi.max_spool_body needs a Content-Length",
                     &request_id,
                 );
-            }
-            Err(e) => {
-                let error = match classify::find_source::<ClientBodyError>(e.as_ref()) {
-                    Some(client_error) => classify::client_body_error(client_error),
-                    None => classify::client_body_error(&ClientBodyError::Aborted),
-                };
-                let context = FailureContext {
-                    state: &state,
-                    tally,
-                    upstream: &upstream,
-                    attempts: 0,
-                    accept: accept.as_ref(),
-                    request_id: &request_id,
-                };
-                return guard.answer_failure(error, &context);
-            }
-        },
-        None if bodyless => RequestBody::empty(),
-        None => RequestBody::streaming(BoxBody::new(client_body)),
-    };
-
-    // Rewrite the head for the upstream hop.
-    headers::strip_hop_by_hop(
-        &mut parts.headers,
-        is_upgrade,
-        upstream.config.protocol.is_http2(),
-    );
-    headers::add_via(&mut parts.headers);
-    headers::add_forwarded(
-        &mut parts.headers,
-        server_config.forwarded,
-        &headers::ClientHop {
-            peer: peer_ip,
-            peer_text: &client.peer_text,
-            proto: if client.tls { "https" } else { "http" },
-            host: host.as_deref(),
-            trusted,
-        },
-    );
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        parts.headers.insert(&X_REQUEST_ID, value);
-    }
-    // The authority causeway routed on is the one the upstream sees: an absolute-form target
-    // (or HTTP/2 `:authority`) replaces Host (RFC 9112 §3.2.2), so the two cannot split.
-    if absolute || !parts.headers.contains_key(header::HOST) {
-        if let Some(host) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-            parts.headers.insert(header::HOST, host);
-        }
-    }
-    parts.uri = upstream_uri(std::mem::take(&mut parts.uri), &upstream, host.as_deref());
-    parts.version = if upstream.config.protocol.is_http2() {
-        http::Version::HTTP_2
-    } else {
-        http::Version::HTTP_11
-    };
-    parts.extensions = http::Extensions::new();
-    parts.extensions.insert(RequestContext {
-        id: RequestId(Arc::from(request_id.as_str())),
-        client: client.clone(),
-        client_version,
-    });
-    let upstream_request = Request::from_parts(parts, body);
-
-    let outcome: Outcome = upstream.send(upstream_request).await;
-    if let Some(r) = guard.record.as_mut() {
-        r.attempts = outcome.attempts.clone();
-        r.server = outcome.server.as_ref().map(|s| s.to_string());
-        r.connect = outcome.timings.connect;
-        r.header = outcome.timings.header;
-    }
-    let attempts = outcome.attempts.len();
-    let answered_by = outcome.server.clone();
-    let mut response = match outcome.result {
-        Ok(response) => response,
-        Err(error) => {
-            let context = FailureContext {
-                state: &state,
-                tally,
-                upstream: &upstream,
-                attempts,
-                accept: accept.as_ref(),
-                request_id: &request_id,
+                    }
+                    Err(e) => {
+                        let error = match classify::find_source::<ClientBodyError>(e.as_ref()) {
+                            Some(client_error) => classify::client_body_error(client_error),
+                            None => classify::client_body_error(&ClientBodyError::Aborted),
+                        };
+                        let context = FailureContext {
+                            state: &state,
+                            tally,
+                            upstream: &upstream,
+                            attempts: 0,
+                            accept: accept.as_ref(),
+                            request_id: &request_id,
+                        };
+                        break 'answer guard.answer_failure(error, &context);
+                    }
+                },
+                None if bodyless => RequestBody::empty(),
+                None => RequestBody::streaming(BoxBody::new(client_body)),
             };
-            return guard.answer_failure(error, &context);
-        }
-    };
 
-    let upstream_status = response.status();
-    if upstream_status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, request_id.clone()));
-        }
+            // Rewrite the head for the upstream hop.
+            headers::strip_hop_by_hop(
+                &mut parts.headers,
+                is_upgrade,
+                upstream.config.protocol.is_http2(),
+            );
+            headers::add_via(&mut parts.headers);
+            headers::add_forwarded(
+                &mut parts.headers,
+                server_config.forwarded,
+                &headers::ClientHop {
+                    peer: peer_ip,
+                    peer_text: &client.peer_text,
+                    proto: if client.tls { "https" } else { "http" },
+                    host: host.as_deref(),
+                    trusted,
+                },
+            );
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                parts.headers.insert(&X_REQUEST_ID, value);
+            }
+            // The authority causeway routed on is the one the upstream sees: an absolute-form target
+            // (or HTTP/2 `:authority`) replaces Host (RFC 9112 §3.2.2), so the two cannot split.
+            if absolute || !parts.headers.contains_key(header::HOST) {
+                if let Some(host) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+                    parts.headers.insert(header::HOST, host);
+                }
+            }
+            parts.uri = upstream_uri(std::mem::take(&mut parts.uri), &upstream, host.as_deref());
+            parts.version = if upstream.config.protocol.is_http2() {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            };
+            parts.extensions = http::Extensions::new();
+            parts.extensions.insert(RequestContext {
+                id: RequestId(Arc::from(request_id.as_str())),
+                client: client.clone(),
+                client_version,
+            });
+            let upstream_request = Request::from_parts(parts, body);
+
+            let outcome: Outcome = upstream.send(upstream_request).await;
+            if let Some(r) = guard.record.as_mut() {
+                r.attempts = outcome.attempts.clone();
+                r.server = outcome.server.as_ref().map(|s| s.to_string());
+                r.connect = outcome.timings.connect;
+                r.header = outcome.timings.header;
+            }
+            let attempts = outcome.attempts.len();
+            let answered_by = outcome.server.clone();
+            let mut response = match outcome.result {
+                Ok(response) => response,
+                Err(error) => {
+                    let context = FailureContext {
+                        state: &state,
+                        tally,
+                        upstream: &upstream,
+                        attempts,
+                        accept: accept.as_ref(),
+                        request_id: &request_id,
+                    };
+                    break 'answer guard.answer_failure(error, &context);
+                }
+            };
+
+            let upstream_status = response.status();
+            if upstream_status == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(client_upgrade) = client_upgrade {
+                    let upstream_upgrade = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade, request_id.clone()));
+                }
+            }
+            let (mut parts, body) = response.into_parts();
+            // hyper frames the response for the client's connection, not the upstream's.
+            parts.version = client_version;
+            headers::strip_hop_by_hop(
+                &mut parts.headers,
+                upstream_status == StatusCode::SWITCHING_PROTOCOLS,
+                false,
+            );
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                parts.headers.insert(&X_REQUEST_ID, value);
+            }
+            let end = body.end_handle();
+            let stderr = parts.extensions.remove::<crate::fastcgi::StderrLog>();
+            // Always present, even with the access log off: a mid-body failure still gets its WARN
+            // line and its failure count when the body ends.
+            let logged = Some(LogOnEnd {
+                record: guard.take_for_body(upstream_status.as_u16()),
+                access,
+                started,
+                end: Some(end),
+                stderr,
+                bytes_in,
+                who: Who {
+                    request_id,
+                    upstream: Some(upstream.name.clone()),
+                    server: answered_by,
+                },
+            });
+            Response::from_parts(parts, ProxyBody::upstream(body, logged))
+        };
+        let in_flight = started_tally.responded(response.status());
+        response.body_mut().in_flight = Some(in_flight);
+        // Open until the response body is over (or dropped with this future).
+        response.body_mut().stream = stream;
+        Ok(response)
     }
-    let (mut parts, body) = response.into_parts();
-    // hyper frames the response for the client's connection, not the upstream's.
-    parts.version = client_version;
-    headers::strip_hop_by_hop(
-        &mut parts.headers,
-        upstream_status == StatusCode::SWITCHING_PROTOCOLS,
-        false,
-    );
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        parts.headers.insert(&X_REQUEST_ID, value);
-    }
-    let end = body.end_handle();
-    let stderr = parts.extensions.remove::<crate::fastcgi::StderrLog>();
-    // Always present, even with the access log off: a mid-body failure still gets its WARN
-    // line and its failure count when the body ends.
-    let logged = Some(LogOnEnd {
-        record: guard.take_for_body(upstream_status.as_u16()),
-        access,
-        started,
-        end: Some(end),
-        stderr,
-        bytes_in,
-        who: Who {
-            request_id,
-            upstream: Some(upstream.name.clone()),
-            server: answered_by,
-        },
-    });
-    Response::from_parts(parts, ProxyBody::upstream(body, logged))
 }
 
 /// Copies bytes both ways between the upgraded client and upstream connections (WebSocket).

@@ -579,92 +579,98 @@ fn header_timeout(timeouts: config::Timeouts) -> UpstreamError {
 /// [`send`] with causeway's own HTTP/1.1 client: the request is written from a borrow (no
 /// copy for retries), the head read in this task, and the body decoded as the client reads
 /// it. Same timeouts and the same causes as the hyper path.
-async fn send_inline(
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment in the body
+fn send_inline(
     conn: Conn,
     request: Request<RequestBody>,
     config: &config::Upstream,
     server: Arc<Server>,
     permit: Permit,
-) -> Result<Response<UpstreamBody>, Failed> {
-    let Conn {
-        sender,
-        stats,
-        reuse,
-        uses,
-        expires,
-        max_uses,
-    } = conn;
-    let Sender::Inline(mut transport) = sender else {
-        let error = UpstreamError::new(Cause::ConnectFailed, "internal: not an inline connection");
-        return Err(Failed {
-            error,
-            request: Some(request),
-        });
-    };
-    let read_before = stats.read.load(Ordering::Relaxed);
-    let limits = Http1Limits {
-        write: config.timeouts.write,
-        header: config.timeouts.header,
-        max_head: config.max_response_header,
-    };
-    let head = match super::http1::exchange(&mut transport, &request, limits).await {
-        Ok(exchanged) => exchanged,
-        Err(failed) => {
-            let sent = match failed.written {
-                Written::Nothing => Sent::Nothing,
-                Written::Part => Sent::Head,
-                Written::All => Sent::All,
-            };
-            let read = stats.read.load(Ordering::Relaxed) - read_before;
-            let mut error = match failed.error {
-                Http1Error::WriteTimeout => write_timeout(config.timeouts),
-                Http1Error::HeaderTimeout => header_timeout(config.timeouts),
-                other => {
-                    let context = classify::ExchangeContext {
-                        reuse,
-                        server: server.addr.clone(),
-                        method: request.method().clone(),
-                    };
-                    classify::http1_error(other, &context, sent, read)
-                }
-            };
-            error.reuse = reuse;
-            error.sent = sent;
+) -> impl Future<Output = Result<Response<UpstreamBody>, Failed>> + Send + '_ {
+    // Not an `async fn`: those keep their arguments twice in their state (rustc moves
+    // them into locals), and this future is copied into its caller's.
+    async move {
+        let Conn {
+            sender,
+            stats,
+            reuse,
+            uses,
+            expires,
+            max_uses,
+        } = conn;
+        let Sender::Inline(mut transport) = sender else {
+            let error =
+                UpstreamError::new(Cause::ConnectFailed, "internal: not an inline connection");
             return Err(Failed {
                 error,
                 request: Some(request),
             });
-        }
-    };
-    let ResponseHead {
-        response,
-        framing,
-        keep_alive,
-    } = head;
-    let uses = uses + 1;
-    let reusable =
-        keep_alive.reusable && framing.is_delimited() && max_uses.is_none_or(|max| uses < max);
-    // The transport travels with the body; the pool gets it back when the body ends cleanly.
-    let conn = reusable.then_some(Conn {
-        sender: Sender::Lent,
-        stats,
-        reuse: Reuse::Fresh,
-        uses,
-        expires,
-        max_uses,
-    });
-    let body = UpstreamBody::http1(
-        Http1Body::new(transport, framing),
-        config.timeouts.read,
-        super::body::ReturnToPool {
-            conn,
-            fastcgi: None,
+        };
+        let read_before = stats.read.load(Ordering::Relaxed);
+        let limits = Http1Limits {
+            write: config.timeouts.write,
+            header: config.timeouts.header,
+            max_head: config.max_response_header,
+        };
+        let head = match super::http1::exchange(&mut transport, &request, limits).await {
+            Ok(exchanged) => exchanged,
+            Err(failed) => {
+                let sent = match failed.written {
+                    Written::Nothing => Sent::Nothing,
+                    Written::Part => Sent::Head,
+                    Written::All => Sent::All,
+                };
+                let read = stats.read.load(Ordering::Relaxed) - read_before;
+                let mut error = match failed.error {
+                    Http1Error::WriteTimeout => write_timeout(config.timeouts),
+                    Http1Error::HeaderTimeout => header_timeout(config.timeouts),
+                    other => {
+                        let context = classify::ExchangeContext {
+                            reuse,
+                            server: server.addr.clone(),
+                            method: request.method().clone(),
+                        };
+                        classify::http1_error(other, &context, sent, read)
+                    }
+                };
+                error.reuse = reuse;
+                error.sent = sent;
+                return Err(Failed {
+                    error,
+                    request: Some(request),
+                });
+            }
+        };
+        let ResponseHead {
+            response,
+            framing,
             keep_alive,
-            server,
-        },
-        permit,
-    );
-    Ok(response.map(|()| body))
+        } = head;
+        let uses = uses + 1;
+        let reusable =
+            keep_alive.reusable && framing.is_delimited() && max_uses.is_none_or(|max| uses < max);
+        // The transport travels with the body; the pool gets it back when the body ends cleanly.
+        let conn = reusable.then_some(Conn {
+            sender: Sender::Lent,
+            stats,
+            reuse: Reuse::Fresh,
+            uses,
+            expires,
+            max_uses,
+        });
+        let body = UpstreamBody::http1(
+            Http1Body::new(transport, framing),
+            config.timeouts.read,
+            super::body::ReturnToPool {
+                conn,
+                fastcgi: None,
+                keep_alive,
+                server,
+            },
+            permit,
+        );
+        Ok(response.map(|()| body))
+    }
 }
 
 /// What the upstream's response says about reusing its connection.

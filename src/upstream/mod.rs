@@ -309,17 +309,23 @@ impl Upstream {
     /// One attempt against one server: wait for a slot, check a connection out of the pool
     /// (unless `fresh` is asked for) or connect, then exchange. The request comes back inside
     /// the error whenever it was never written.
-    async fn attempt(
-        &self,
-        server: &Arc<Server>,
+    #[allow(clippy::manual_async_fn)] // on purpose: see the comment in the body
+    fn attempt<'a>(
+        &'a self,
+        server: &'a Arc<Server>,
         request: UpstreamRequest,
-        timings: &mut Timings,
+        timings: &'a mut Timings,
         fresh: bool,
-    ) -> Result<(Response<UpstreamBody>, Reuse), exchange::Failed> {
-        let permit = match server.pool.acquire(self.config.queue_timeout).await {
-            Ok(permit) => permit,
-            Err(waited) => {
-                let error = UpstreamError::new(
+    ) -> impl std::future::Future<Output = Result<(Response<UpstreamBody>, Reuse), exchange::Failed>>
+           + Send
+           + 'a {
+        // Not an `async fn`: those keep their arguments twice in their state (rustc moves
+        // them into locals), and this future is copied into its caller's.
+        async move {
+            let permit = match server.pool.acquire(self.config.queue_timeout).await {
+                Ok(permit) => permit,
+                Err(waited) => {
+                    let error = UpstreamError::new(
                     Cause::UpstreamBusy,
                     format!(
                         "all {} connections to {} busy; waited {} ms for one (max_conns, queue_timeout)",
@@ -330,53 +336,54 @@ impl Upstream {
                 )
                 .at(&server.addr)
                 .with_hint("raise max_conns (keep it at or below the backend's worker count) or queue_timeout");
-                return Err(exchange::Failed {
-                    error,
-                    request: Some(request),
-                });
+                    return Err(exchange::Failed {
+                        error,
+                        request: Some(request),
+                    });
+                }
+            };
+            let _active = ActiveGuard::new(&server.active);
+            // The FastCGI and connect futures are boxed: inline, their state would make every
+            // request's future (moved into a box per request by the service) a third larger.
+            if self.config.protocol == config::Protocol::FastCgi {
+                return Box::pin(fastcgi::attempt(self, server, request, timings, permit)).await;
             }
-        };
-        let _active = ActiveGuard::new(&server.active);
-        // The FastCGI and connect futures are boxed: inline, their state would make every
-        // request's future (moved into a box per request by the service) a third larger.
-        if self.config.protocol == config::Protocol::FastCgi {
-            return Box::pin(fastcgi::attempt(self, server, request, timings, permit)).await;
-        }
-        let is_upgrade = exchange::is_upgrade_request(&request);
-        let pooled = if is_upgrade || fresh {
-            None
-        } else {
-            server.pool.checkout()
-        };
-        let conn = match pooled {
-            Some(conn) => conn,
-            None => {
-                let started = Instant::now();
-                match Box::pin(self.connector.connect(&server.addr, is_upgrade)).await {
-                    Ok(conn) => {
-                        timings.connect = Some(started.elapsed());
-                        conn
-                    }
-                    Err(error) => {
-                        let error = error.at(&server.addr);
-                        return Err(exchange::Failed {
-                            error,
-                            request: Some(request),
-                        });
+            let is_upgrade = exchange::is_upgrade_request(&request);
+            let pooled = if is_upgrade || fresh {
+                None
+            } else {
+                server.pool.checkout()
+            };
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => {
+                    let started = Instant::now();
+                    match Box::pin(self.connector.connect(&server.addr, is_upgrade)).await {
+                        Ok(conn) => {
+                            timings.connect = Some(started.elapsed());
+                            conn
+                        }
+                        Err(error) => {
+                            let error = error.at(&server.addr);
+                            return Err(exchange::Failed {
+                                error,
+                                request: Some(request),
+                            });
+                        }
                     }
                 }
-            }
-        };
-        let reuse = conn.reuse;
-        let sent_at = Instant::now();
-        match exchange::send(conn, request, &self.config, server.clone(), permit).await {
-            Ok(response) => {
-                timings.header = Some(sent_at.elapsed());
-                Ok((response, reuse))
-            }
-            Err(mut failed) => {
-                failed.error = failed.error.at(&server.addr);
-                Err(failed)
+            };
+            let reuse = conn.reuse;
+            let sent_at = Instant::now();
+            match exchange::send(conn, request, &self.config, server.clone(), permit).await {
+                Ok(response) => {
+                    timings.header = Some(sent_at.elapsed());
+                    Ok((response, reuse))
+                }
+                Err(mut failed) => {
+                    failed.error = failed.error.at(&server.addr);
+                    Err(failed)
+                }
             }
         }
     }
