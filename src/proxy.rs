@@ -404,14 +404,14 @@ fn handle(
                 http::Version::HTTP_11
             };
             parts.extensions = http::Extensions::new();
-            parts.extensions.insert(RequestContext {
+            let context = RequestContext {
                 id: RequestId(Arc::from(request_id.as_str())),
                 client: client.clone(),
                 client_version,
-            });
+            };
             let upstream_request = Request::from_parts(parts, body);
 
-            let outcome: Outcome = upstream.send(upstream_request).await;
+            let outcome: Outcome = upstream.send(upstream_request, &context).await;
             if let Some(r) = guard.record.as_mut() {
                 r.attempts = outcome.attempts.clone();
                 r.server = outcome.server.as_ref().map(|s| s.to_string());

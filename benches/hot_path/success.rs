@@ -222,8 +222,7 @@ pub fn upstream_hop(c: &mut Criterion) {
                     .body(RequestBody::empty())
                     .expect("a static request");
                 *request.headers_mut() = head.clone();
-                request.extensions_mut().insert(context.clone());
-                let outcome = upstream.send(request).await;
+                let outcome = upstream.send(request, &context).await;
                 let response = outcome
                     .result
                     .unwrap_or_else(|e| panic!("backend answers: {e}"));

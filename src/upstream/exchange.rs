@@ -31,13 +31,13 @@ use super::{BoxError, Reuse, Sent, Server, UpstreamError};
 use crate::cause::Cause;
 use crate::classify;
 use crate::config::{self, Protocol};
-use crate::proxy::RequestContext;
 
 /// The request body as it goes upstream: empty, buffered (replayable), or streamed from the
 /// client. Records how far hyper got in sending it.
 pub struct RequestBody {
     kind: BodyKind,
-    progress: Arc<Progress>,
+    /// Created when hyper is about to send the body: causeway's own client does not need it.
+    progress: Option<Arc<Progress>>,
 }
 
 enum BodyKind {
@@ -66,10 +66,9 @@ impl RequestBody {
     }
 
     fn with_kind(kind: BodyKind) -> RequestBody {
-        let done = matches!(kind, BodyKind::Empty);
         RequestBody {
             kind,
-            progress: Arc::new(Progress::new(done)),
+            progress: None,
         }
     }
 
@@ -97,8 +96,11 @@ impl RequestBody {
         }
     }
 
-    fn progress(&self) -> Arc<Progress> {
-        self.progress.clone()
+    fn progress(&mut self) -> Arc<Progress> {
+        let done = matches!(self.kind, BodyKind::Empty);
+        self.progress
+            .get_or_insert_with(|| Arc::new(Progress::new(done)))
+            .clone()
     }
 }
 
@@ -111,26 +113,23 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        this.progress.touch();
+        // Only hyper polls this body (the rare path): one Arc clone per frame is fine.
+        let progress = this.progress();
+        progress.touch();
         let polled = match &mut this.kind {
             BodyKind::Empty => Poll::Ready(None),
             BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             BodyKind::Streaming(body) => Pin::new(body).poll_frame(cx),
         };
         match &polled {
-            Poll::Pending => this
-                .progress
-                .waiting_on_client
-                .store(true, Ordering::Relaxed),
-            Poll::Ready(None) => this.progress.finish(),
+            Poll::Pending => progress.waiting_on_client.store(true, Ordering::Relaxed),
+            Poll::Ready(None) => progress.finish(),
             Poll::Ready(Some(_)) => {
-                this.progress
-                    .waiting_on_client
-                    .store(false, Ordering::Relaxed);
+                progress.waiting_on_client.store(false, Ordering::Relaxed);
                 // hyper stops polling once `is_end_stream()` says so: the last frame is the
                 // end, and the header timeout starts now, not the write timeout.
                 if this.is_end_stream() {
-                    this.progress.finish();
+                    progress.finish();
                 }
             }
         }
@@ -355,9 +354,6 @@ pub fn replay_of(request: &Request<RequestBody>) -> Option<Request<RequestBody>>
     *copy.uri_mut() = request.uri().clone();
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
-    if let Some(context) = request.extensions().get::<RequestContext>() {
-        copy.extensions_mut().insert(context.clone());
-    }
     Some(copy)
 }
 
@@ -384,7 +380,7 @@ pub fn send<'a>(
 /// [`send`] through hyper's client.
 async fn send_hyper(
     conn: Conn,
-    request: Request<RequestBody>,
+    mut request: Request<RequestBody>,
     config: &config::Upstream,
     server: Arc<Server>,
     permit: Permit,
@@ -400,7 +396,7 @@ async fn send_hyper(
     };
     // hyper consumes the request: keep a copy in case it fails after writing it.
     let replay = replay_of(&request);
-    let progress = request.body().progress();
+    let progress = request.body_mut().progress();
     let read_before = conn.stats.read.load(Ordering::Relaxed);
     let written_before = conn.stats.written.load(Ordering::Relaxed);
     let reuse = conn.reuse;

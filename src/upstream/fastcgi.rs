@@ -54,13 +54,10 @@ pub async fn attempt(
     request: Request<RequestBody>,
     timings: &mut Timings,
     permit: Permit,
+    context: &RequestContext,
 ) -> Result<(Response<UpstreamBody>, Reuse), Failed> {
     let config = &upstream.config;
-    let request_id = request
-        .extensions()
-        .get::<RequestContext>()
-        .map(|context| context.id.clone())
-        .unwrap_or_default();
+    let request_id = &context.id;
     let Some(fastcgi_config) = &config.fastcgi else {
         let error = UpstreamError::new(Cause::FastcgiProtocolError, "fastcgi settings missing")
             .at(&server.addr);
@@ -69,7 +66,7 @@ pub async fn attempt(
             request: Some(request),
         });
     };
-    let params = match build_params(&request, fastcgi_config) {
+    let params = match build_params(&request, fastcgi_config, context) {
         Ok(params) => params,
         Err(e) => {
             // `check_script` already passed in `proxy`; only a race with the file system
@@ -168,7 +165,7 @@ pub async fn attempt(
             }
             error.reuse = reuse;
             error.sent = sent;
-            log_stderr(&exchange, upstream, server, &error, &request_id);
+            log_stderr(&exchange, upstream, server, &error, request_id);
             return Err(Failed {
                 error: error.at(&server.addr),
                 request: replay,
@@ -176,7 +173,7 @@ pub async fn attempt(
         }
         Err(mut error) => {
             error.sent = sent;
-            log_stderr(&exchange, upstream, server, &error, &request_id);
+            log_stderr(&exchange, upstream, server, &error, request_id);
             return Err(Failed {
                 error: error.at(&server.addr),
                 request: replay,
@@ -208,9 +205,9 @@ pub async fn attempt(
 fn build_params(
     request: &Request<RequestBody>,
     config: &config::FastCgi,
+    context: &RequestContext,
 ) -> Result<fastcgi::Params, String> {
-    let context = request.extensions().get::<RequestContext>();
-    let client = context.map(|context| &context.client);
+    let client = &context.client;
     let host = request
         .headers()
         .get(header::HOST)
@@ -233,12 +230,12 @@ fn build_params(
     let meta = fastcgi::RequestMeta {
         method: request.method(),
         target,
-        version: context.map_or(request.version(), |context| context.client_version),
+        version: context.client_version,
         headers: request.headers(),
         authority: &authority,
-        client: client.and_then(|c| c.peer),
-        server: client.and_then(|c| c.local),
-        https: client.is_some_and(|c| c.tls),
+        client: client.peer,
+        server: client.local,
+        https: client.tls,
         content_length,
     };
     fastcgi::params::build(&meta, &settings(config)).map_err(|e| e.to_string())

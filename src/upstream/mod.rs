@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::cause::Cause;
 use crate::config::{self, ServerAddr};
+use crate::proxy::RequestContext;
 use crate::resolve::Resolver;
 
 pub use body::UpstreamBody;
@@ -298,12 +299,13 @@ impl Upstream {
     }
 
     /// Sends one request, retrying as `retry` allows, and reports every attempt.
-    pub fn send(
-        &self,
+    pub fn send<'a>(
+        &'a self,
         request: UpstreamRequest,
-    ) -> impl std::future::Future<Output = Outcome> + Send + '_ {
+        context: &'a RequestContext,
+    ) -> impl std::future::Future<Output = Outcome> + Send + 'a {
         // Not an `async fn`: that would wrap the retry loop's future in one more layer.
-        retry::send_with_retries(self, request)
+        retry::send_with_retries(self, request, context)
     }
 
     /// One attempt against one server: wait for a slot, check a connection out of the pool
@@ -316,6 +318,7 @@ impl Upstream {
         request: UpstreamRequest,
         timings: &'a mut Timings,
         fresh: bool,
+        context: &'a RequestContext,
     ) -> impl std::future::Future<Output = Result<(Response<UpstreamBody>, Reuse), exchange::Failed>>
            + Send
            + 'a {
@@ -346,7 +349,10 @@ impl Upstream {
             // The FastCGI and connect futures are boxed: inline, their state would make every
             // request's future (moved into a box per request by the service) a third larger.
             if self.config.protocol == config::Protocol::FastCgi {
-                return Box::pin(fastcgi::attempt(self, server, request, timings, permit)).await;
+                return Box::pin(fastcgi::attempt(
+                    self, server, request, timings, permit, context,
+                ))
+                .await;
             }
             let is_upgrade = exchange::is_upgrade_request(&request);
             let pooled = if is_upgrade || fresh {

@@ -47,21 +47,18 @@ impl Budget {
 
 /// Sends the request through `upstream`, retrying as the policy allows.
 #[allow(clippy::manual_async_fn)] // on purpose: see the comment in the body
-pub fn send_with_retries(
-    upstream: &Upstream,
+pub fn send_with_retries<'a>(
+    upstream: &'a Upstream,
     request: Request<RequestBody>,
-) -> impl std::future::Future<Output = Outcome> + Send + '_ {
+    context: &'a RequestContext,
+) -> impl std::future::Future<Output = Outcome> + Send + 'a {
     // Not an `async fn`: those keep their arguments twice in their state (rustc moves
     // them into locals), and this future is copied into its caller's.
     async move {
         let policy = &upstream.config.retry;
         let idempotent = policy.methods.contains(request.method())
             || request.headers().contains_key("idempotency-key");
-        let request_id = request
-            .extensions()
-            .get::<RequestContext>()
-            .map(|context| context.id.clone())
-            .unwrap_or_default();
+        let request_id = &context.id;
         upstream.budget().deposit();
 
         let mut attempts: Vec<Attempt> = Vec::new();
@@ -97,7 +94,7 @@ pub fn send_with_retries(
             };
             let started = Instant::now();
             let result = upstream
-                .attempt(&server, request, &mut timings, force_fresh)
+                .attempt(&server, request, &mut timings, force_fresh, context)
                 .await;
             force_fresh = false;
             let elapsed = started.elapsed();
