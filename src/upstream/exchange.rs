@@ -254,6 +254,18 @@ impl Conn {
         }
     }
 
+    /// Whether the connection may still be usable, without probing it: what hyper saw for its
+    /// connections; for causeway's own client, a body that just ended cleanly says enough
+    /// (the probe runs at checkout).
+    pub fn may_be_open(&self) -> bool {
+        match &self.sender {
+            Sender::Inline(_) => true,
+            Sender::H1(s) => !s.is_closed(),
+            Sender::H2(s) => !s.is_closed(),
+            Sender::Lent => false,
+        }
+    }
+
     /// The same connection driven by hyper's HTTP/1.1 client, for what causeway's own does
     /// not do (a streamed upload, a health check).
     pub async fn into_hyper(self, max_response_header: usize) -> Result<Conn, UpstreamError> {

@@ -147,7 +147,7 @@ impl Pool {
     /// keep-alive: `timeout=N` expires it at N minus [`KEEP_ALIVE_MARGIN`], `max=M` caps its
     /// uses (unless `pool.honor_keep_alive = false`).
     pub fn checkin(&self, mut conn: Conn, keep_alive: KeepAlive) {
-        if self.settings.max_idle_per_server == 0 || !conn.is_usable() {
+        if self.settings.max_idle_per_server == 0 || !conn.may_be_open() {
             return;
         }
         let (expires, max_uses) = if self.settings.honor_keep_alive {
