@@ -403,6 +403,13 @@ async fn https_to_a_good_certificate_works() {
     let reply = get(h.addr, "/ok").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.text(), "ok\n");
+    // The TLS connection goes back to the pool and carries the next request: the idle check
+    // at checkout reads through TLS (session tickets included) without calling it closed.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = get(h.addr, "/ok").await;
+    assert_eq!(again.text(), "ok\n");
+    let line = access_line(&h.access, &again.request_id()).await;
+    assert_eq!(line["attempts"][0]["reused"], true, "{line}");
 }
 
 #[tokio::test]
