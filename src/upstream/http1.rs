@@ -2,13 +2,12 @@
 //!
 //! hyper's HTTP/1 client runs each upstream connection as a task of its own and hands every
 //! request to it through a channel, and every response body back through another: two task
-//! switches and four channel operations per request. Doing the exchange here instead cut
-//! causeway's instructions per proxied request by 18 % (BENCHMARKS.md, "Instructions per
-//! request"). For the common exchange, a request whose body is empty
-//! or buffered, this module writes the head and body and reads the response head itself, in
-//! the task that serves the client (as nginx and Pingora do), and [`Http1Body`] decodes the
-//! response body (length, chunked or close-delimited) as the client side asks for it. Requests
-//! that stream a body from the client, upgrades and HTTP/2 stay with hyper.
+//! switches and four channel operations per request. For the common exchange, a request whose
+//! body is empty or buffered, this module writes the head and body and reads the response head
+//! itself, in the task that serves the client (as nginx and Pingora do), and [`Http1Body`]
+//! decodes the response body (length, chunked or close-delimited) as the client side asks for
+//! it: 18 % fewer instructions per proxied request (BENCHMARKS.md, "Instructions per
+//! request"). Requests that stream a body from the client, upgrades and HTTP/2 stay with hyper.
 //!
 //! It also knows where an exchange failed without guessing: the bytes written and read are
 //! counted by the transport, and every failure is reported with the phase it happened in.
