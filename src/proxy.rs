@@ -192,9 +192,14 @@ fn handle(
                 user_agent: header_string(&request, header::USER_AGENT),
                 ..AccessRecord::arriving(
                     request_id.clone(),
-                    client
-                        .peer
-                        .map_or_else(|| "unix".to_string(), |p| p.to_string()),
+                    client.peer.map_or_else(
+                        || "unix".to_string(),
+                        |p| {
+                            let mut text = String::with_capacity(21);
+                            let _ = crate::config::write_socket_addr(&p, &mut text);
+                            text
+                        },
+                    ),
                     request.method().to_string(),
                     host.clone().unwrap_or_default(),
                     request

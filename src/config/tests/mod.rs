@@ -480,3 +480,21 @@ fn error_pages_must_be_regular_files() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn socket_addresses_are_written_as_display_writes_them() {
+    for text in [
+        "0.0.0.0:0",
+        "127.0.0.1:8080",
+        "10.20.30.40:1",
+        "255.255.255.255:65535",
+        "[::1]:443",
+        "[2001:db8::5]:9000",
+    ] {
+        let addr: SocketAddr = text.parse().expect("test address");
+        let mut written = String::new();
+        write_socket_addr(&addr, &mut written).expect("writes");
+        assert_eq!(written, addr.to_string());
+        assert_eq!(ServerAddr::Ip(addr).to_string(), addr.to_string());
+    }
+}
