@@ -6,6 +6,7 @@
 //! `no_healthy_upstream` with `Retry-After` from [`ServerHealth::down_until`]. Optional active
 //! checks (`health.check`) probe each server on a timer and feed the same state.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +25,10 @@ pub struct ServerHealth {
     max_fails: u32,
     fail_timeout: Duration,
     state: Mutex<HealthState>,
+    /// Whether `state` holds anything (failures in the window, a down period). While it does
+    /// not, the per-request calls (`is_up`, `record_success`) read this flag and leave the
+    /// lock alone: every worker would otherwise write the lock's cache line on every request.
+    troubled: AtomicBool,
 }
 
 /// A snapshot for `/upstreams` and logs.
@@ -54,11 +59,15 @@ impl ServerHealth {
             max_fails,
             fail_timeout,
             state: Mutex::new(HealthState::default()),
+            troubled: AtomicBool::new(false),
         }
     }
 
     /// Whether the server may be picked at `now`.
     pub fn is_up(&self, now: Instant) -> bool {
+        if !self.troubled.load(Ordering::Acquire) {
+            return true;
+        }
         self.state
             .lock()
             .map(|s| s.down_until.is_none_or(|until| now >= until))
@@ -84,6 +93,8 @@ impl ServerHealth {
         let Ok(mut state) = self.state.lock() else {
             return Transition::Unchanged;
         };
+        // Every counted failure leaves something in the state (a count or a down period).
+        self.troubled.store(true, Ordering::Release);
         state.last_cause = Some(cause);
         state.last_failure = Some(SystemTime::now());
         if self.max_fails > 0 && state.down_until.is_some_and(|until| until <= now) {
@@ -112,11 +123,15 @@ impl ServerHealth {
 
     /// A successful exchange resets the failure count and ends a down period.
     pub fn record_success(&self) -> Transition {
+        if !self.troubled.load(Ordering::Acquire) {
+            return Transition::Unchanged;
+        }
         let Ok(mut state) = self.state.lock() else {
             return Transition::Unchanged;
         };
         state.fails = 0;
         state.window_start = None;
+        self.troubled.store(false, Ordering::Release);
         match state.down_until.take() {
             Some(_) => Transition::CameBack,
             None => Transition::Unchanged,

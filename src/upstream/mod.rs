@@ -277,7 +277,12 @@ impl Upstream {
                 .filter(move |s| !only_fresh || untried(s))
         };
         let len = if only_fresh { fresh } else { healthy };
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % len;
+        // One candidate needs no rotation, and the shared counter is not written.
+        let start = if len == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % len
+        };
         let chosen = match self.config.balance {
             config::Balance::RoundRobin => candidates().nth(start),
             // Fewest active requests; ties go to the first from the rotating start.
