@@ -1,9 +1,12 @@
-//! One request/response exchange on an upstream connection (HTTP/1.1 or HTTP/2 via hyper).
+//! One request/response exchange on an upstream connection: HTTP/1.1 with causeway's own
+//! client (`http1`) when the request body is empty or buffered, else hyper (streamed uploads,
+//! upgrades, HTTP/2).
 //!
-//! hyper reports *that* an exchange failed but not *where*: this module records the two facts
-//! that decide the cause — whether the whole request was written ([`Progress`]) and whether any
-//! response byte arrived ([`IoStats`]) — and runs the `write` and `header` timeouts as a watchdog
-//! beside the exchange, so a slow body never trips the header timeout and vice versa.
+//! hyper reports *that* an exchange failed but not *where*: on its path this module records the
+//! two facts that decide the cause — whether the whole request was written ([`Progress`]) and
+//! whether any response byte arrived ([`IoStats`]) — and runs the `write` and `header` timeouts
+//! as a watchdog beside the exchange, so a slow body never trips the header timeout and vice
+//! versa. causeway's own client knows both facts as it goes and runs the same timeouts itself.
 
 use std::future::Future;
 use std::pin::Pin;
