@@ -230,39 +230,40 @@ fn handle(
                 break 'answer guard.finish_local(StatusCode::BAD_REQUEST, detail, &request_id);
             }
 
-            // Loop: our own pseudonym already in Via.
-            if headers::has_our_via(request.headers()) {
-                let error = UpstreamError::new(
+            // Loop (our own pseudonym already in Via), then the route: either refusal is
+            // answered here with its cause, before any upstream is involved.
+            let routed = if headers::has_our_via(request.headers()) {
+                Err(UpstreamError::new(
                     Cause::LoopDetected,
                     "request already passed through causeway (Via names us): a proxy loop",
-                );
-                break 'answer guard.finish_error(
-                    &state,
-                    error,
-                    None,
-                    0,
-                    accept.as_ref(),
-                    &request_id,
-                );
-            }
-
-            let Some(index) = state.routes.lookup(host.as_deref(), request.uri().path()) else {
-                let error = UpstreamError::new(
-                    Cause::NoRoute,
-                    format!(
-                        "no route matches host \"{}\" and path \"{}\"",
-                        host.as_deref().unwrap_or(""),
-                        request.uri().path()
-                    ),
-                );
-                break 'answer guard.finish_error(
-                    &state,
-                    error,
-                    None,
-                    0,
-                    accept.as_ref(),
-                    &request_id,
-                );
+                ))
+            } else {
+                state
+                    .routes
+                    .lookup(host.as_deref(), request.uri().path())
+                    .ok_or_else(|| {
+                        UpstreamError::new(
+                            Cause::NoRoute,
+                            format!(
+                                "no route matches host \"{}\" and path \"{}\"",
+                                host.as_deref().unwrap_or(""),
+                                request.uri().path()
+                            ),
+                        )
+                    })
+            };
+            let index = match routed {
+                Ok(index) => index,
+                Err(error) => {
+                    break 'answer guard.finish_error(
+                        &state,
+                        error,
+                        None,
+                        0,
+                        accept.as_ref(),
+                        &request_id,
+                    )
+                }
             };
             let upstream = state.upstreams[index].clone();
             tally.route(&upstream.name);

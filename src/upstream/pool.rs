@@ -117,7 +117,7 @@ impl Pool {
         let mut idle = self.idle().lock().ok()?;
         while let Some(mut entry) = idle.pop() {
             if entry.expires <= now || !entry.conn.is_usable() {
-                continue; // dropped: hyper closes the socket
+                continue; // dropped: its socket closes
             }
             let idle_for = now.saturating_duration_since(entry.since);
             if let Sender::H2(sender) = &entry.conn.sender {
