@@ -556,3 +556,71 @@ async fn response_framings_are_decoded_and_only_clean_connections_reused() {
         "a connection with bytes past the response is not reused"
     );
 }
+
+/// An upstream that answers 413 as soon as it has the request head, without reading the
+/// body, and closes (an upload limit in the backend, like nginx's `client_max_body_size`).
+async fn early_413_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = "upload too large for this backend\n";
+                let answer = format!(
+                    "HTTP/1.1 413 Content Too Large\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                // Closed with the body unread: the kernel answers the rest with a reset.
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream's answer sent before it read the whole request is its answer: relayed as it
+/// is, not blamed on the write that failed after it (nginx and hyper do the same). Checked
+/// for a buffered upload (causeway's own client) and a streamed one (hyper's).
+#[tokio::test]
+async fn an_answer_sent_before_the_upload_ended_is_relayed() {
+    let upstream = early_413_upstream().await;
+    // Larger than the loopback socket buffers, so the write is still going when the reset
+    // comes back.
+    let body = vec![b'x'; 8 * 1024 * 1024];
+    for replay_limit in ["16MiB", "1KiB"] {
+        let config = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nmax_request_body = \"64MiB\"\n{}",
+            single(
+                &upstream.to_string(),
+                &format!("retry = {{ attempts = 1, max_replay_body = \"{replay_limit}\" }}"),
+            )
+        );
+        let proxy = start_proxy(&config).await;
+        let addr = proxy.tcp_addr().expect("tcp");
+        let reply = with_body(addr, "POST", "/upload", body.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "buffered up to {replay_limit}: {:?}",
+            reply.body
+        );
+        assert_eq!(reply.text(), "upload too large for this backend\n");
+        assert!(
+            reply.header("proxy-status").is_none(),
+            "the upstream's answer"
+        );
+        let line = access_line(&proxy.access, &reply.request_id()).await;
+        assert_eq!(line["status"], 413, "{line}");
+        assert_eq!(line["upstream_status"], 413, "{line}");
+        assert!(line["cause"].is_null(), "{line}");
+    }
+}

@@ -4,12 +4,13 @@
 //! running. The socket is wrapped in [`Counted`] so `exchange` can tell "no response byte ever
 //! arrived" from "part of a head arrived", which hyper does not report.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{sleep, timeout_at, Instant, Sleep};
 use tokio_rustls::TlsConnector;
 
 use super::exchange::{self, Conn};
@@ -386,6 +387,10 @@ impl AsyncWrite for Stream {
 pub struct IoStats {
     pub read: AtomicU64,
     pub written: AtomicU64,
+    /// A write failed because the upstream closed or reset the connection (see
+    /// [`Counted::hold_write_errors`]): whatever hyper reports afterwards, the request did not
+    /// get through.
+    pub write_failed: OnceLock<io::ErrorKind>,
 }
 
 /// An IO that counts the bytes read and written, so an exchange knows whether any response
@@ -393,7 +398,23 @@ pub struct IoStats {
 pub struct Counted<T> {
     inner: T,
     stats: Arc<IoStats>,
+    /// Whether a write error is held back while an answer may still be read.
+    hold_write_errors: bool,
+    held: Option<Box<HeldWrite>>,
 }
+
+/// A write error held back (see [`Counted::hold_write_errors`]).
+struct HeldWrite {
+    kind: io::ErrorKind,
+    /// Reset whenever a byte is read; the error is released when it fires.
+    quiet: Pin<Box<Sleep>>,
+    read_seen: u64,
+    /// The read side reached EOF or failed: nothing more can come.
+    read_ended: bool,
+}
+
+/// How long a held write error waits for the upstream's answer (or the rest of it).
+const HELD_WRITE_WAIT: Duration = Duration::from_millis(100);
 
 impl<T> Counted<T> {
     /// Wraps `inner` with fresh counters.
@@ -401,7 +422,19 @@ impl<T> Counted<T> {
         Counted {
             inner,
             stats: Arc::new(IoStats::default()),
+            hold_write_errors: false,
+            held: None,
         }
+    }
+
+    /// For hyper's client, which gives up on the first write error even when the upstream has
+    /// already answered: a backend may send 413 (or 401, or a redirect) as soon as it has the
+    /// head of an upload and close, and that answer must be relayed, not replaced by a 502.
+    /// From now on, a write that fails because the upstream closed or reset the connection
+    /// reports nothing until reading has ended or gone quiet for [`HELD_WRITE_WAIT`], so hyper
+    /// reads the answer first; the failure is recorded in [`IoStats::write_failed`].
+    pub fn hold_write_errors(&mut self) {
+        self.hold_write_errors = true;
     }
 
     /// The counters, readable while the IO is owned by hyper.
@@ -413,6 +446,54 @@ impl<T> Counted<T> {
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
+
+    /// The outcome of a write, with an error from a closed or reset connection held back
+    /// when [`Counted::hold_write_errors`] asked for it.
+    fn checked<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match result {
+            Poll::Ready(Err(error)) if self.hold_write_errors && peer_gone(&error) => {
+                let _ = self.stats.write_failed.set(error.kind());
+                self.held = Some(Box::new(HeldWrite {
+                    kind: error.kind(),
+                    quiet: Box::pin(sleep(HELD_WRITE_WAIT)),
+                    read_seen: self.stats.read.load(Ordering::Relaxed),
+                    read_ended: false,
+                }));
+                self.poll_held(cx)
+            }
+            other => other,
+        }
+    }
+
+    /// Pending while a held write error waits; then the error, for every later write too.
+    fn poll_held<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        let Some(held) = self.held.as_mut() else {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        };
+        let read = self.stats.read.load(Ordering::Relaxed);
+        if read != held.read_seen {
+            held.read_seen = read;
+            held.quiet.as_mut().reset(Instant::now() + HELD_WRITE_WAIT);
+        }
+        if held.read_ended || held.quiet.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(held.kind.into()));
+        }
+        Poll::Pending
+    }
+}
+
+/// Whether a write error means the upstream closed or reset the connection.
+fn peer_gone(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
@@ -428,6 +509,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         if n > 0 {
             this.stats.read.fetch_add(n as u64, Ordering::Relaxed);
         }
+        if let Some(held) = this.held.as_mut() {
+            held.read_ended |= matches!(&result, Poll::Ready(Err(_)))
+                || (matches!(&result, Poll::Ready(Ok(()))) && n == 0 && buf.remaining() > 0);
+        }
         result
     }
 }
@@ -439,11 +524,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.held.is_some() {
+            return this.poll_held(cx);
+        }
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = result {
             this.stats.written.fetch_add(n as u64, Ordering::Relaxed);
         }
-        result
+        this.checked(cx, result)
     }
 
     fn poll_write_vectored(
@@ -452,11 +540,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.held.is_some() {
+            return this.poll_held(cx);
+        }
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = result {
             this.stats.written.fetch_add(n as u64, Ordering::Relaxed);
         }
-        result
+        this.checked(cx, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -464,10 +555,65 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        if this.held.is_some() {
+            return this.poll_held(cx);
+        }
+        let result = Pin::new(&mut this.inner).poll_flush(cx);
+        this.checked(cx, result)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_write_error_lets_the_answer_be_read_first() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut io = Counted::new(near);
+        io.hold_write_errors();
+        far.write_all(b"HTTP/1.1 413 Content Too Large\r\n\r\n")
+            .await
+            .expect("answer");
+        drop(far);
+        // The upstream is gone, but the write waits instead of failing...
+        let write = tokio::time::timeout(Duration::from_millis(10), io.write(b"body")).await;
+        assert!(write.is_err(), "held: {write:?}");
+        assert_eq!(
+            io.stats().write_failed.get(),
+            Some(&io::ErrorKind::BrokenPipe)
+        );
+        // ...so the answer is read, and once reading has ended the write fails.
+        let mut answer = Vec::new();
+        io.read_to_end(&mut answer).await.expect("read the answer");
+        assert!(answer.starts_with(b"HTTP/1.1 413"));
+        let error = io.write(b"more").await.expect_err("released");
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_write_error_is_released_when_nothing_comes() {
+        let (near, far) = tokio::io::duplex(1024);
+        let mut io = Counted::new(near);
+        io.hold_write_errors();
+        drop(far);
+        let started = Instant::now();
+        let error = io.write(b"body").await.expect_err("released");
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(started.elapsed(), HELD_WRITE_WAIT);
+        // Without the hold, the error is immediate.
+        let (near, far) = tokio::io::duplex(1024);
+        let mut io = Counted::new(near);
+        drop(far);
+        let started = Instant::now();
+        assert!(io.write(b"body").await.is_err());
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(io.stats().write_failed.get(), None);
     }
 }

@@ -34,6 +34,7 @@ use super::{BoxError, Reuse, Sent, Server, UpstreamError};
 use crate::cause::Cause;
 use crate::classify;
 use crate::config::{self, Protocol};
+use crate::proxy::ClientBodyError;
 
 /// The request body as it goes upstream: empty, buffered (replayable), or streamed from the
 /// client. Records how far hyper got in sending it.
@@ -294,6 +295,11 @@ async fn spawn_http1(
     max_response_header: usize,
     upgrades: bool,
 ) -> Result<Sender, hyper::Error> {
+    let mut stream = stream;
+    if !upgrades {
+        // An answer sent before the whole request was written is relayed (see the method).
+        stream.hold_write_errors();
+    }
     let (sender, conn) = http1::Builder::new()
         .max_header_size(max_response_header)
         .handshake(TokioIo::new(stream))
@@ -475,7 +481,15 @@ async fn send_hyper(
                 server: server.addr.clone(),
                 method,
             };
-            let mut error = classify::exchange_error(error, &context, sent, read);
+            let mut error = match conn.stats.write_failed.get() {
+                // hyper reports what it saw last (often the read that found the connection
+                // gone); the write failed first, and that is the cause.
+                Some(&kind) if classify::find_source::<ClientBodyError>(&error).is_none() => {
+                    let write = Http1Error::Write(kind.into());
+                    classify::http1_error(write, &context, sent, read)
+                }
+                _ => classify::exchange_error(error, &context, sent, read),
+            };
             error.reuse = reuse;
             error.sent = sent;
             return Err(Failed {

@@ -36,6 +36,8 @@ const MAX_HEADERS: usize = 100;
 const READ_SIZE: usize = 8 * 1024;
 /// Bodies up to this size are written with the head in one `write`.
 const INLINE_BODY: usize = 16 * 1024;
+/// How long to look for an answer the upstream sent before a write to it failed.
+const EARLY_ANSWER_WAIT: Duration = Duration::from_millis(100);
 /// The longest chunk-size line (size, extensions, CRLF) accepted in a chunked body.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
@@ -156,8 +158,12 @@ pub async fn exchange(
     let body = request.body().buffered().unwrap_or_default();
     let mut head = Vec::with_capacity(512 + body.len().min(INLINE_BODY));
     encode_head(request, body.len(), &mut head);
-    write_request(&mut conn.io, &mut head, body, limits.write).await?;
     let is_head = request.method() == Method::HEAD;
+    if let Err(failed) = write_request(&mut conn.io, &mut head, body, limits.write).await {
+        return early_answer(conn, limits.max_head, is_head)
+            .await
+            .ok_or(failed);
+    }
     // The header timeout starts now: the request is written.
     match within(limits.header, read_head(conn, limits.max_head, is_head)).await {
         Some(Ok(head)) => Ok(head),
@@ -170,6 +176,25 @@ pub async fn exchange(
             written: Written::All,
         }),
     }
+}
+
+/// The answer an upstream sent before it had read the whole request, if one is there once
+/// writing failed: a backend may refuse an upload with 413 (or 401, or a redirect) as soon as
+/// it has the head, then close or stop reading. That answer is the upstream's, so it is
+/// relayed, as nginx and hyper do, not replaced by a `write_failed` 502. The connection is
+/// never reused after it: the request was cut short.
+async fn early_answer(
+    conn: &mut Http1Conn,
+    max_head: usize,
+    is_head: bool,
+) -> Option<ResponseHead> {
+    // An answer sent before the failure is already in the socket's receive queue (Linux keeps
+    // it readable ahead of a reset); the wait only covers the event loop noticing it.
+    let mut head = within(EARLY_ANSWER_WAIT, read_head(conn, max_head, is_head))
+        .await?
+        .ok()?;
+    head.keep_alive.reusable = false;
+    Some(head)
 }
 
 /// The request line and header fields, as hyper's client writes them (lower-case names),
