@@ -18,12 +18,13 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::runtime::Handle;
+use tokio::time::MissedTickBehavior;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -101,28 +102,53 @@ impl StdListener {
 struct WorkerThreads {
     handles: Vec<Handle>,
     stop: CancellationToken,
+    /// One message per worker that has ended (its access-log lines written).
+    ended: Mutex<mpsc::Receiver<()>>,
 }
+
+/// How long stopping waits for the workers to end and write their last access-log lines.
+const WORKER_END_WAIT: Duration = Duration::from_secs(2);
 
 impl WorkerThreads {
     fn start(count: usize) -> io::Result<WorkerThreads> {
         let stop = CancellationToken::new();
+        let (ended, ended_rx) = mpsc::channel();
         let mut workers = WorkerThreads {
             handles: Vec::with_capacity(count),
             stop: stop.clone(),
+            ended: Mutex::new(ended_rx),
         };
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // Access-log lines are written in batches, when the worker has nothing to do.
+                .on_thread_park(crate::log::flush_batched)
                 .build()?;
             workers.handles.push(runtime.handle().clone());
             let stop = stop.clone();
+            let ended = ended.clone();
             std::thread::Builder::new()
                 .name(format!("causeway-w{index}"))
                 .spawn(move || {
                     crate::upstream::pool::set_worker(index);
+                    crate::log::batch_this_thread();
                     // Serves every task spawned onto this runtime until stopped; dropping the
                     // runtime then cuts whatever connections are left.
-                    runtime.block_on(stop.cancelled());
+                    runtime.block_on(async {
+                        // A worker that never runs out of work still writes its lines.
+                        let mut flush = tokio::time::interval(Duration::from_secs(1));
+                        flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                        loop {
+                            tokio::select! {
+                                _ = stop.cancelled() => break,
+                                _ = flush.tick() => crate::log::flush_batched(),
+                            }
+                        }
+                    });
+                    // The lines of the connections cut above too.
+                    drop(runtime);
+                    crate::log::flush_batched();
+                    let _ = ended.send(());
                 })?;
         }
         Ok(workers)
@@ -132,6 +158,15 @@ impl WorkerThreads {
 impl Drop for WorkerThreads {
     fn drop(&mut self) {
         self.stop.cancel();
+        // Waits (boundedly) so the process does not exit before the workers' last lines are
+        // written.
+        if let Ok(ended) = self.ended.lock() {
+            for _ in 0..self.handles.len() {
+                if ended.recv_timeout(WORKER_END_WAIT).is_err() {
+                    break;
+                }
+            }
+        }
     }
 }
 
