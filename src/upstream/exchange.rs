@@ -297,7 +297,8 @@ async fn spawn_http1(
 ) -> Result<Sender, hyper::Error> {
     let mut stream = stream;
     if !upgrades {
-        // An answer sent before the whole request was written is relayed (see the method).
+        // An answer sent before the whole request was written is relayed (see
+        // `Counted::hold_write_errors`).
         stream.hold_write_errors();
     }
     let (sender, conn) = http1::Builder::new()
