@@ -83,6 +83,9 @@ pub struct RequestContext {
     /// The HTTP version the client spoke (the upstream request's own version may differ):
     /// FastCGI reports it as SERVER_PROTOCOL.
     pub client_version: http::Version,
+    /// FastCGI: the script the path names, resolved and checked (one `stat`) before the body
+    /// was read; the params are built from it rather than resolving the path again.
+    pub fastcgi_script: Option<crate::fastcgi::params::Script>,
 }
 
 /// The service for one client connection.
@@ -289,13 +292,21 @@ fn handle(
             }
 
             // FastCGI: a path that names no runnable script is answered here, without a worker.
-            if let Some(fastcgi) = &upstream.config.fastcgi {
-                if let Err(e) =
-                    crate::upstream::fastcgi::check_script(fastcgi, request.uri().path())
-                {
-                    break 'answer guard.finish_local(e.status(), &e.to_string(), &request_id);
+            let fastcgi_script = match &upstream.config.fastcgi {
+                Some(fastcgi) => {
+                    match crate::upstream::fastcgi::check_script(fastcgi, request.uri().path()) {
+                        Ok(script) => Some(script),
+                        Err(e) => {
+                            break 'answer guard.finish_local(
+                                e.status(),
+                                &e.to_string(),
+                                &request_id,
+                            );
+                        }
+                    }
                 }
-            }
+                None => None,
+            };
 
             let is_upgrade = request.headers().contains_key(header::UPGRADE);
             let client_version = request.version();
@@ -414,6 +425,7 @@ fn handle(
                 id: RequestId(Arc::from(request_id.as_str())),
                 client: client.clone(),
                 client_version,
+                fastcgi_script,
             };
             let upstream_request = Request::from_parts(parts, body);
 

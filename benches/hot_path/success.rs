@@ -213,6 +213,7 @@ pub fn upstream_hop(c: &mut Criterion) {
             false,
         ),
         client_version: http::Version::HTTP_11,
+        fastcgi_script: None,
     };
     let mut group = c.benchmark_group("upstream_hop");
     group.bench_function("causeway_upstream_send", |b| {

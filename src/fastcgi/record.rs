@@ -392,7 +392,9 @@ pub fn params<'a, I>(buf: &mut BytesMut, request_id: u16, pairs: I) -> Result<()
 where
     I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
 {
-    let mut encoded = BytesMut::new();
+    let pairs = pairs.into_iter();
+    // About 32 bytes a pair: a typical request's PARAMS without growing the buffer twice.
+    let mut encoded = BytesMut::with_capacity(pairs.size_hint().0 * 32);
     for (name, value) in pairs {
         put_pair(&mut encoded, name, value)?;
     }

@@ -22,6 +22,7 @@ use super::{Reuse, Sent, Server, Timings, Upstream, UpstreamError};
 use crate::cause::Cause;
 use crate::classify;
 use crate::config;
+use crate::fastcgi::params::Script;
 use crate::fastcgi::{self, Exchange, FastCgiRequest, FastCgiSettings, ScriptPathError};
 use crate::proxy::RequestContext;
 
@@ -42,9 +43,8 @@ pub fn settings(config: &config::FastCgi) -> FastCgiSettings {
 /// Decides before any upstream contact whether the path names a runnable script: a refused or
 /// missing script is answered by causeway itself (400/404), so `/uploads/evil.jpg/x.php`
 /// never reaches PHP-FPM and a typo costs no worker.
-pub fn check_script(config: &config::FastCgi, path: &str) -> Result<(), ScriptPathError> {
+pub fn check_script(config: &config::FastCgi, path: &str) -> Result<Script, ScriptPathError> {
     fastcgi::params::resolve_script(path, &settings(config), fastcgi::params::script_exists)
-        .map(|_| ())
 }
 
 /// Sends `request` to `server` over FastCGI.
@@ -238,7 +238,11 @@ fn build_params(
         https: client.tls,
         content_length,
     };
-    fastcgi::params::build(&meta, &settings(config)).map_err(|e| e.to_string())
+    let settings = settings(config);
+    match &context.fastcgi_script {
+        Some(script) => Ok(fastcgi::params::build_for_script(&meta, &settings, script)),
+        None => fastcgi::params::build(&meta, &settings).map_err(|e| e.to_string()),
+    }
 }
 
 /// Waits until the exchange stalls in the write phase (upstream not reading STDIN) or the

@@ -373,3 +373,56 @@ fn script_exists_is_true_only_for_files() {
     std::fs::remove_file(&file).unwrap();
     assert!(!params::script_exists(&file));
 }
+
+#[test]
+fn addresses_ports_and_lengths_are_written_as_display_writes_them() {
+    let authority = Authority::from_static("example.com");
+    let headers = HeaderMap::new();
+    let cases: [(&str, &str, Option<u64>); 4] = [
+        ("0.0.0.0:0", "255.255.255.255:65535", Some(0)),
+        ("10.20.30.40:8080", "127.0.0.1:80", Some(u64::MAX)),
+        ("[::1]:443", "[2001:db8::7]:8443", None),
+        ("[::ffff:192.0.2.1]:1", "1.2.3.4:9", Some(1234567890)),
+    ];
+    for (client, server, length) in cases {
+        let client: std::net::SocketAddr = client.parse().expect("client address");
+        let server: std::net::SocketAddr = server.parse().expect("server address");
+        let meta = RequestMeta {
+            method: &Method::GET,
+            target: "/index.php",
+            version: Version::HTTP_11,
+            headers: &headers,
+            authority: &authority,
+            client: Some(client),
+            server: Some(server),
+            https: false,
+            content_length: length,
+        };
+        let params = build_with(&meta, &settings(), |_| true).expect("params");
+        let expected = [
+            ("REMOTE_ADDR", client.ip().to_string()),
+            ("REMOTE_PORT", client.port().to_string()),
+            ("SERVER_ADDR", server.ip().to_string()),
+            ("SERVER_PORT", server.port().to_string()),
+            (
+                "CONTENT_LENGTH",
+                length.map(|n| n.to_string()).unwrap_or_default(),
+            ),
+        ];
+        for (name, value) in expected {
+            assert_eq!(
+                get(&params, name),
+                Some(value),
+                "{name} for {client} {server}"
+            );
+        }
+        let mut encoded = bytes::BytesMut::new();
+        crate::fastcgi::record::params(&mut encoded, 1, params.iter()).expect("encodes");
+        assert!(
+            encoded.len() <= params.encoded_len_max(),
+            "{} > {}",
+            encoded.len(),
+            params.encoded_len_max()
+        );
+    }
+}
