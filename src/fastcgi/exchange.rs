@@ -6,6 +6,12 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A time not reached yet (see `Stats`).
+const NOT_YET: u64 = u64::MAX;
 
 /// Default bound on collected STDERR text: enough for a few PHP messages.
 pub const DEFAULT_STDERR_LIMIT: usize = 4 * 1024;
@@ -69,8 +75,14 @@ pub struct Exchange {
     stderr: StderrLog,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Stats {
+    /// When the exchange was created: the times below count from it.
+    created: Instant,
+    /// Microseconds from `created` to the last write to the stream.
+    last_sent_us: AtomicU64,
+    /// Microseconds from `created` to the end of the request; `NOT_YET` before.
+    written_us: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     request_written: AtomicBool,
@@ -82,10 +94,44 @@ struct Stats {
 impl Exchange {
     /// A fresh record whose STDERR keeps at most `stderr_limit` bytes.
     pub fn new(stderr_limit: usize) -> Self {
+        let stats = Stats {
+            created: Instant::now(),
+            last_sent_us: AtomicU64::new(NOT_YET),
+            written_us: AtomicU64::new(NOT_YET),
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            request_written: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            app_status: AtomicU32::new(0),
+            write_error: Mutex::new(None),
+        };
         Exchange {
-            stats: Arc::default(),
+            stats: Arc::new(stats),
             stderr: StderrLog::new(stderr_limit),
         }
+    }
+
+    /// When a byte of the request was last written, if one was: a timeout on write progress
+    /// counts from it.
+    pub fn last_sent_at(&self) -> Option<Instant> {
+        self.at(&self.stats.last_sent_us)
+    }
+
+    /// When the whole request had been written and flushed: the header timeout counts from it.
+    pub fn written_at(&self) -> Option<Instant> {
+        self.at(&self.stats.written_us)
+    }
+
+    fn at(&self, us: &AtomicU64) -> Option<Instant> {
+        match us.load(Ordering::Relaxed) {
+            NOT_YET => None,
+            us => Some(self.stats.created + Duration::from_micros(us)),
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        // Never NOT_YET: that would take 584,000 years.
+        (self.stats.created.elapsed().as_micros() as u64).min(NOT_YET - 1)
     }
 
     /// Bytes written to the stream (records, not payload): 0 means nothing reached the upstream.
@@ -128,6 +174,9 @@ impl Exchange {
         self.stats
             .bytes_sent
             .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.stats
+            .last_sent_us
+            .store(self.now_us(), Ordering::Relaxed);
     }
 
     pub(super) fn add_received(&self, bytes: usize) {
@@ -137,6 +186,9 @@ impl Exchange {
     }
 
     pub(super) fn mark_request_written(&self) {
+        self.stats
+            .written_us
+            .store(self.now_us(), Ordering::Relaxed);
         self.stats.request_written.store(true, Ordering::Relaxed);
     }
 

@@ -9,10 +9,9 @@
 //! clean END_REQUEST, and the warmest one is reused first.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{header, Request, Response};
-use tokio::time::{sleep, Instant};
+use tokio::time::{sleep_until, Instant};
 
 use super::body::{ReturnToPool, UpstreamBody};
 use super::connect::fmt_duration;
@@ -247,50 +246,63 @@ fn build_params(
 
 /// Waits until the exchange stalls in the write phase (upstream not reading STDIN) or the
 /// header phase (no complete CGI head after the request was written), and names which.
+///
+/// One timer, moved only when it fires: the exchange records when it last wrote and when the
+/// request ended, so the watchdog sleeps until the earliest moment either timeout could be
+/// due and checks then (a 20 ms polling tick before cost a timer and a wake-up of the event
+/// loop per request).
 async fn watchdog(exchange: &Exchange, timeouts: config::Timeouts) -> UpstreamError {
-    // Polled rather than signalled: the codec spawns nothing and exposes counters only.
-    let tick = Duration::from_millis(20)
-        .min(timeouts.write)
-        .min(timeouts.header);
-    let mut last_sent = exchange.bytes_sent();
-    let mut last_progress = Instant::now();
-    let mut written_at: Option<Instant> = None;
+    let started = Instant::now();
     loop {
-        sleep(tick).await;
         let now = Instant::now();
-        if written_at.is_none() && exchange.request_written() {
-            written_at = Some(now);
-        }
-        match written_at {
-            Some(at) if now.duration_since(at) >= timeouts.header => {
-                return UpstreamError::new(
-                    Cause::HeaderTimeout,
-                    format!(
-                        "no complete response head within {} of sending the request (timeouts.header)",
-                        fmt_duration(timeouts.header)
-                    ),
-                )
-                .with_hint("the script runs longer than timeouts.header: raise it for this route, or find what the script waits on (PHP keeps running after causeway gives up)");
-            }
-            Some(_) => {}
-            None => {
-                let sent = exchange.bytes_sent();
-                if sent != last_sent {
-                    last_sent = sent;
-                    last_progress = now;
-                } else if now.duration_since(last_progress) >= timeouts.write {
-                    return UpstreamError::new(
-                        Cause::WriteTimeout,
-                        format!(
-                            "upstream stopped reading the request body for {} (timeouts.write)",
-                            fmt_duration(timeouts.write)
-                        ),
-                    )
-                    .with_hint("the PHP script is not reading its input (php://input) and PHP-FPM's buffers are full");
-                }
-            }
-        }
+        let wake = match stall(exchange, started, now, timeouts) {
+            Ok(wake) => wake,
+            Err(error) => return error,
+        };
+        sleep_until(wake).await;
     }
+}
+
+/// The watchdog's decision at `now`: the stall, or when to look again.
+fn stall(
+    exchange: &Exchange,
+    started: Instant,
+    now: Instant,
+    timeouts: config::Timeouts,
+) -> Result<Instant, UpstreamError> {
+    if let Some(written) = exchange.written_at() {
+        let due = written + timeouts.header;
+        if now < due {
+            return Ok(due);
+        }
+        return Err(UpstreamError::new(
+            Cause::HeaderTimeout,
+            format!(
+                "no complete response head within {} of sending the request (timeouts.header)",
+                fmt_duration(timeouts.header)
+            ),
+        )
+        .with_hint("the script runs longer than timeouts.header: raise it for this route, or find what the script waits on (PHP keeps running after causeway gives up)"));
+    }
+    let progress = exchange
+        .last_sent_at()
+        .map_or(started, |at| at.max(started));
+    let due = progress + timeouts.write;
+    if now < due {
+        // Were the request to end right now, its head would be due at `now + header`: no
+        // earlier look is needed to keep that timeout exact.
+        return Ok(due.min(now + timeouts.header));
+    }
+    Err(UpstreamError::new(
+        Cause::WriteTimeout,
+        format!(
+            "upstream stopped reading the request body for {} (timeouts.write)",
+            fmt_duration(timeouts.write)
+        ),
+    )
+    .with_hint(
+        "the PHP script is not reading its input (php://input) and PHP-FPM's buffers are full",
+    ))
 }
 
 /// STDERR that arrived before a failure, logged like nginx's "FastCGI sent in stderr".
@@ -313,4 +325,75 @@ fn log_stderr(
         "FastCGI sent in stderr: {:?}",
         stderr.text()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::fastcgi::Params;
+
+    fn timeouts(write_ms: u64, header_ms: u64) -> config::Timeouts {
+        config::Timeouts {
+            connect: Duration::from_secs(1),
+            write: Duration::from_millis(write_ms),
+            header: Duration::from_millis(header_ms),
+            read: Duration::from_secs(1),
+            total: None,
+        }
+    }
+
+    fn request(body_len: usize) -> FastCgiRequest<Full<Bytes>> {
+        let mut params = Params::default();
+        params.push("SCRIPT_FILENAME", "/srv/app.php");
+        params.push("CONTENT_LENGTH", body_len.to_string());
+        FastCgiRequest {
+            params,
+            body: Full::new(Bytes::from(vec![b'x'; body_len])),
+            content_length: body_len as u64,
+            max_head: 8192,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_stops_reading_is_write_timeout_counted_from_the_last_write() {
+        // The worker's end is never read: writing stalls once 1 KiB is buffered.
+        let (client, _worker) = tokio::io::duplex(1024);
+        let exchange = Exchange::new(0);
+        let stalled = tokio::select! {
+            _ = fastcgi::send(client, request(64 * 1024), &exchange, None) => {
+                panic!("the exchange cannot finish")
+            }
+            stalled = watchdog(&exchange, timeouts(300, 10_000)) => stalled,
+        };
+        assert_eq!(stalled.cause, Cause::WriteTimeout, "{}", stalled.detail);
+        let last = exchange.last_sent_at().expect("the first KiB was written");
+        assert_eq!(Instant::now() - last, Duration::from_millis(300));
+        assert!(!exchange.request_written());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_worker_is_header_timeout_counted_from_the_end_of_the_request() {
+        let (client, mut worker) = tokio::io::duplex(64 * 1024);
+        // Reads the whole request and never answers.
+        tokio::spawn(async move {
+            let mut sink = vec![0u8; 4096];
+            while worker.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        });
+        let exchange = Exchange::new(0);
+        let stalled = tokio::select! {
+            _ = fastcgi::send(client, request(100_000), &exchange, None) => {
+                panic!("no answer comes")
+            }
+            stalled = watchdog(&exchange, timeouts(100, 500)) => stalled,
+        };
+        assert_eq!(stalled.cause, Cause::HeaderTimeout, "{}", stalled.detail);
+        let written = exchange.written_at().expect("the request was written");
+        assert_eq!(Instant::now() - written, Duration::from_millis(500));
+    }
 }
