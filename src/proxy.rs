@@ -84,8 +84,9 @@ pub struct RequestContext {
     /// FastCGI reports it as SERVER_PROTOCOL.
     pub client_version: http::Version,
     /// FastCGI: the script the path names, resolved and checked (one `stat`) before the body
-    /// was read; the params are built from it rather than resolving the path again.
-    pub fastcgi_script: Option<crate::fastcgi::params::Script>,
+    /// was read; the params are built from it rather than resolving the path again. Boxed:
+    /// the context lives in every request's future, FastCGI or not.
+    pub fastcgi_script: Option<Box<crate::fastcgi::params::Script>>,
 }
 
 /// The service for one client connection.
@@ -295,7 +296,7 @@ fn handle(
             let fastcgi_script = match &upstream.config.fastcgi {
                 Some(fastcgi) => {
                     match crate::upstream::fastcgi::check_script(fastcgi, request.uri().path()) {
-                        Ok(script) => Some(script),
+                        Ok(script) => Some(Box::new(script)),
                         Err(e) => {
                             break 'answer guard.finish_local(
                                 e.status(),

@@ -413,8 +413,9 @@ struct HeldWrite {
     read_ended: bool,
 }
 
-/// How long a held write error waits for the upstream's answer (or the rest of it).
-const HELD_WRITE_WAIT: Duration = Duration::from_millis(100);
+/// How long, once a write to the upstream failed, to wait for an answer it may have sent
+/// before (or for the rest of it): both HTTP/1.1 clients use it.
+pub const EARLY_ANSWER_WAIT: Duration = Duration::from_millis(100);
 
 impl<T> Counted<T> {
     /// Wraps `inner` with fresh counters.
@@ -431,7 +432,7 @@ impl<T> Counted<T> {
     /// already answered: a backend may send 413 (or 401, or a redirect) as soon as it has the
     /// head of an upload and close, and that answer must be relayed, not replaced by a 502.
     /// From now on, a write that fails because the upstream closed or reset the connection
-    /// reports nothing until reading has ended or gone quiet for [`HELD_WRITE_WAIT`], so hyper
+    /// reports nothing until reading has ended or gone quiet for [`EARLY_ANSWER_WAIT`], so hyper
     /// reads the answer first; the failure is recorded in [`IoStats::write_failed`].
     pub fn hold_write_errors(&mut self) {
         self.hold_write_errors = true;
@@ -459,7 +460,7 @@ impl<T> Counted<T> {
                 let _ = self.stats.write_failed.set(error.kind());
                 self.held = Some(Box::new(HeldWrite {
                     kind: error.kind(),
-                    quiet: Box::pin(sleep(HELD_WRITE_WAIT)),
+                    quiet: Box::pin(sleep(EARLY_ANSWER_WAIT)),
                     read_seen: self.stats.read.load(Ordering::Relaxed),
                     read_ended: false,
                 }));
@@ -477,7 +478,9 @@ impl<T> Counted<T> {
         let read = self.stats.read.load(Ordering::Relaxed);
         if read != held.read_seen {
             held.read_seen = read;
-            held.quiet.as_mut().reset(Instant::now() + HELD_WRITE_WAIT);
+            held.quiet
+                .as_mut()
+                .reset(Instant::now() + EARLY_ANSWER_WAIT);
         }
         if held.read_ended || held.quiet.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(held.kind.into()));
@@ -606,7 +609,7 @@ mod tests {
         let started = Instant::now();
         let error = io.write(b"body").await.expect_err("released");
         assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
-        assert_eq!(started.elapsed(), HELD_WRITE_WAIT);
+        assert_eq!(started.elapsed(), EARLY_ANSWER_WAIT);
         // Without the hold, the error is immediate.
         let (near, far) = tokio::io::duplex(1024);
         let mut io = Counted::new(near);

@@ -27,7 +27,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::time::sleep;
 
-use super::connect::{Counted, IoStats, Stream};
+use super::connect::{Counted, IoStats, Stream, EARLY_ANSWER_WAIT};
 use super::exchange::{KeepAlive, RequestBody};
 
 /// The most header fields a response head may carry (hyper's limit too).
@@ -36,8 +36,6 @@ const MAX_HEADERS: usize = 100;
 const READ_SIZE: usize = 8 * 1024;
 /// Bodies up to this size are written with the head in one `write`.
 const INLINE_BODY: usize = 16 * 1024;
-/// How long to look for an answer the upstream sent before a write to it failed.
-const EARLY_ANSWER_WAIT: Duration = Duration::from_millis(100);
 /// The longest chunk-size line (size, extensions, CRLF) accepted in a chunked body.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
