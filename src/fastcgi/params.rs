@@ -138,7 +138,7 @@ pub struct Params {
 
 impl Params {
     /// Room for a typical request's pairs.
-    fn with_capacity() -> Params {
+    fn for_request() -> Params {
         Params {
             bytes: Vec::with_capacity(1024),
             spans: Vec::with_capacity(40),
@@ -242,7 +242,7 @@ pub fn build_for_script(
     script: &Script,
 ) -> Params {
     let query = meta.target.split_once('?').map_or("", |(_, query)| query);
-    let mut params = Params::with_capacity();
+    let mut params = Params::for_request();
     let root = settings.root.as_os_str().as_encoded_bytes();
     params.push(
         "SCRIPT_FILENAME",
