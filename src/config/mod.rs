@@ -239,30 +239,34 @@ pub fn write_socket_addr(addr: &SocketAddr, out: &mut impl fmt::Write) -> fmt::R
             text[len] = b'.';
             len += 1;
         }
-        len += write_decimal(u32::from(octet), &mut text[len..]);
+        len += copy_into(&mut text[len..], decimal(u64::from(octet), &mut [0; 20]));
     }
     text[len] = b':';
     len += 1;
-    len += write_decimal(u32::from(v4.port()), &mut text[len..]);
+    len += copy_into(
+        &mut text[len..],
+        decimal(u64::from(v4.port()), &mut [0; 20]),
+    );
     out.write_str(std::str::from_utf8(&text[..len]).map_err(|_| fmt::Error)?)
 }
 
-/// The decimal digits of `n` at the start of `out` (room for 5); how many were written.
-fn write_decimal(n: u32, out: &mut [u8]) -> usize {
-    let mut digits = [0u8; 5];
-    let mut at = digits.len();
-    let mut n = n;
+fn copy_into(out: &mut [u8], bytes: &[u8]) -> usize {
+    out[..bytes.len()].copy_from_slice(bytes);
+    bytes.len()
+}
+
+/// The decimal digits of `n`, written at the end of `scratch`: numbers on the hot path
+/// (addresses, ports, lengths) without the formatting machinery.
+pub fn decimal(mut n: u64, scratch: &mut [u8; 20]) -> &[u8] {
+    let mut at = scratch.len();
     loop {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
+        scratch[at] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
-            break;
+            return &scratch[at..];
         }
     }
-    let len = digits.len() - at;
-    out[..len].copy_from_slice(&digits[at..]);
-    len
 }
 
 /// How causeway talks to an upstream.

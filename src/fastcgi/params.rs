@@ -308,18 +308,7 @@ pub fn build_for_script(
 
 /// The decimal digits of `n`.
 fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(crate::config::decimal(n, &mut [0; 20]));
 }
 
 /// `ip` as its `Display` writes it; IPv4 without the formatting machinery (~2,000

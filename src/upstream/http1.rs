@@ -223,23 +223,10 @@ fn encode_head(request: &Request<RequestBody>, body_len: usize, out: &mut Vec<u8
     }
     if body_len > 0 {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa(body_len as u64, &mut [0u8; 20]));
+        out.extend_from_slice(crate::config::decimal(body_len as u64, &mut [0u8; 20]));
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// The decimal digits of `n`, written into `scratch`.
-fn itoa(mut n: u64, scratch: &mut [u8; 20]) -> &[u8] {
-    let mut at = scratch.len();
-    loop {
-        at -= 1;
-        scratch[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &scratch[at..];
-        }
-    }
 }
 
 /// Writes the head and the body; a small body goes in the head's buffer, one `write`.
@@ -1030,12 +1017,5 @@ mod tests {
             dechunk(&long, 64),
             Err(BodyError::InvalidChunk(_))
         ));
-    }
-
-    #[test]
-    fn itoa_writes_decimal() {
-        for n in [0u64, 7, 10, 1024, u64::MAX] {
-            assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
-        }
     }
 }

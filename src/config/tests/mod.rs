@@ -498,3 +498,10 @@ fn socket_addresses_are_written_as_display_writes_them() {
         assert_eq!(ServerAddr::Ip(addr).to_string(), addr.to_string());
     }
 }
+
+#[test]
+fn decimal_writes_what_display_writes() {
+    for n in [0u64, 7, 10, 1024, 65535, u64::MAX] {
+        assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+    }
+}
