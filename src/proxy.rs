@@ -293,9 +293,9 @@ fn handle(
             }
 
             // FastCGI: a path that names no runnable script is answered here, without a worker.
-            let fastcgi_script = match &upstream.config.fastcgi {
-                Some(fastcgi) => {
-                    match crate::upstream::fastcgi::check_script(fastcgi, request.uri().path()) {
+            let fastcgi_script = match &upstream.fastcgi {
+                Some(settings) => {
+                    match crate::upstream::fastcgi::check_script(settings, request.uri().path()) {
                         Ok(script) => Some(Box::new(script)),
                         Err(e) => {
                             break 'answer guard.finish_local(

@@ -85,7 +85,6 @@ struct Stats {
     written_us: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
-    request_written: AtomicBool,
     ended: AtomicBool,
     app_status: AtomicU32,
     write_error: Mutex<Option<io::ErrorKind>>,
@@ -100,7 +99,6 @@ impl Exchange {
             written_us: AtomicU64::new(NOT_YET),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
-            request_written: AtomicBool::new(false),
             ended: AtomicBool::new(false),
             app_status: AtomicU32::new(0),
             write_error: Mutex::new(None),
@@ -146,7 +144,7 @@ impl Exchange {
 
     /// Whether the whole request, up to the empty STDIN record, was written and flushed.
     pub fn request_written(&self) -> bool {
-        self.stats.request_written.load(Ordering::Relaxed)
+        self.written_at().is_some()
     }
 
     /// The kind of the error that stopped writing the request, if one did. Reading goes on
@@ -189,7 +187,6 @@ impl Exchange {
         self.stats
             .written_us
             .store(self.now_us(), Ordering::Relaxed);
-        self.stats.request_written.store(true, Ordering::Relaxed);
     }
 
     pub(super) fn mark_write_error(&self, kind: io::ErrorKind) {

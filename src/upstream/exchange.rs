@@ -291,11 +291,10 @@ impl Conn {
 
 /// Hands an HTTP/1.1 transport to hyper and spawns its connection task.
 async fn spawn_http1(
-    stream: Counted<Stream>,
+    mut stream: Counted<Stream>,
     max_response_header: usize,
     upgrades: bool,
 ) -> Result<Sender, hyper::Error> {
-    let mut stream = stream;
     if !upgrades {
         // An answer sent before the whole request was written is relayed (see
         // `Counted::hold_write_errors`).

@@ -42,8 +42,8 @@ pub fn settings(config: &config::FastCgi) -> FastCgiSettings {
 /// Decides before any upstream contact whether the path names a runnable script: a refused or
 /// missing script is answered by causeway itself (400/404), so `/uploads/evil.jpg/x.php`
 /// never reaches PHP-FPM and a typo costs no worker.
-pub fn check_script(config: &config::FastCgi, path: &str) -> Result<Script, ScriptPathError> {
-    fastcgi::params::resolve_script(path, &settings(config), fastcgi::params::script_exists)
+pub fn check_script(settings: &FastCgiSettings, path: &str) -> Result<Script, ScriptPathError> {
+    fastcgi::params::resolve_script(path, settings, fastcgi::params::script_exists)
 }
 
 /// Sends `request` to `server` over FastCGI.
@@ -57,7 +57,7 @@ pub async fn attempt(
 ) -> Result<(Response<UpstreamBody>, Reuse), Failed> {
     let config = &upstream.config;
     let request_id = &context.id;
-    let Some(fastcgi_config) = &config.fastcgi else {
+    let (Some(fastcgi_config), Some(settings)) = (&config.fastcgi, &upstream.fastcgi) else {
         let error = UpstreamError::new(Cause::FastcgiProtocolError, "fastcgi settings missing")
             .at(&server.addr);
         return Err(Failed {
@@ -65,7 +65,7 @@ pub async fn attempt(
             request: Some(request),
         });
     };
-    let params = match build_params(&request, fastcgi_config, context) {
+    let params = match build_params(&request, settings, context) {
         Ok(params) => params,
         Err(e) => {
             // `check_script` already passed in `proxy`; only a race with the file system
@@ -203,7 +203,7 @@ pub async fn attempt(
 /// The CGI environment for `request` (already rewritten for the upstream hop).
 fn build_params(
     request: &Request<RequestBody>,
-    config: &config::FastCgi,
+    settings: &FastCgiSettings,
     context: &RequestContext,
 ) -> Result<fastcgi::Params, String> {
     let client = &context.client;
@@ -237,10 +237,9 @@ fn build_params(
         https: client.tls,
         content_length,
     };
-    let settings = settings(config);
     match &context.fastcgi_script {
-        Some(script) => Ok(fastcgi::params::build_for_script(&meta, &settings, script)),
-        None => fastcgi::params::build(&meta, &settings).map_err(|e| e.to_string()),
+        Some(script) => Ok(fastcgi::params::build_for_script(&meta, settings, script)),
+        None => fastcgi::params::build(&meta, settings).map_err(|e| e.to_string()),
     }
 }
 

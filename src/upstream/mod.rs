@@ -193,6 +193,8 @@ pub struct Upstream {
     pub config: config::Upstream,
     pub servers: Vec<Arc<Server>>,
     pub(crate) connector: Connector,
+    /// FastCGI's script mapping, built once from `config.fastcgi` (it is read per request).
+    pub fastcgi: Option<crate::fastcgi::FastCgiSettings>,
     next: AtomicUsize,
     budget: retry::Budget,
     /// Keep-alive races absorbed: stale pooled connections whose request was sent again on a
@@ -227,6 +229,7 @@ impl Upstream {
             config: config.clone(),
             servers,
             connector,
+            fastcgi: config.fastcgi.as_ref().map(fastcgi::settings),
             next: AtomicUsize::new(0),
             budget: retry::Budget::new(config.retry.budget),
             races_absorbed: Default::default(),
