@@ -95,6 +95,39 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_tra
     }
 }
 
+/// The field of a response head, named by `name` (any case), that causeway or hyper's HTTP/1
+/// server reads or replaces: framing, `Date` (hyper adds one when the map has none), the
+/// hop-by-hop fields [`strip_hop_by_hop`] removes, `Trailer`, and `X-Request-Id`. Every other
+/// field can be relayed as the upstream's bytes ([`hyper::ext::RawFields`]).
+pub fn response_field_causeway_reads(name: &[u8]) -> Option<HeaderName> {
+    let is = |lower: &str| same_token(name, lower.as_bytes());
+    match name.len() {
+        2 if is("te") => Some(header::TE),
+        4 if is("date") => Some(header::DATE),
+        7 if is("trailer") => Some(header::TRAILER),
+        7 if is("upgrade") => Some(header::UPGRADE),
+        10 if is("connection") => Some(header::CONNECTION),
+        10 if is("keep-alive") => Some(KEEP_ALIVE.clone()),
+        12 if is("x-request-id") => Some(X_REQUEST_ID.clone()),
+        14 if is("content-length") => Some(header::CONTENT_LENGTH),
+        16 if is("proxy-connection") => Some(PROXY_CONNECTION.clone()),
+        17 if is("transfer-encoding") => Some(header::TRANSFER_ENCODING),
+        _ => None,
+    }
+}
+
+/// Whether the token `name` is `lower` (lower-case letters and `-`) in any case. Among token
+/// bytes (RFC 9110 §5.6.2) setting bit 5 lower-cases a letter and turns nothing else into a
+/// letter or `-`, so one OR per byte compares, with no branch per byte.
+fn same_token(name: &[u8], lower: &[u8]) -> bool {
+    name.len() == lower.len()
+        && name
+            .iter()
+            .zip(lower)
+            .fold(0u8, |diff, (byte, want)| diff | ((byte | 0x20) ^ want))
+            == 0
+}
+
 /// Which of the fields [`strip_hop_by_hop`] always removes a head carries.
 #[derive(Default)]
 struct HopFields {
@@ -368,6 +401,57 @@ mod tests {
             );
         }
         headers
+    }
+
+    #[test]
+    fn the_response_fields_causeway_reads_are_known_in_any_case() {
+        for name in [
+            "te",
+            "Date",
+            "TRAILER",
+            "upgrade",
+            "Connection",
+            "keep-alive",
+            "X-Request-ID",
+            "content-length",
+            "Proxy-Connection",
+            "Transfer-Encoding",
+        ] {
+            let known = response_field_causeway_reads(name.as_bytes());
+            assert_eq!(
+                known.as_ref().map(HeaderName::as_str),
+                Some(name.to_ascii_lowercase().as_str()),
+                "{name}"
+            );
+        }
+        // Same lengths, other names (`_` is a token byte too, and not `-` in any case).
+        for name in [
+            "tf",
+            "dame",
+            "trailers",
+            "upgrades",
+            "connectiom",
+            "keep_alive",
+            "x-request-ix",
+        ] {
+            assert!(
+                response_field_causeway_reads(name.as_bytes()).is_none(),
+                "{name}"
+            );
+        }
+        // Every field the hop-by-hop strip removes is one causeway reads, so none is relayed.
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            let name = HeaderName::from_static(name);
+            assert!(is_hop_by_hop(&name));
+            assert!(response_field_causeway_reads(name.as_str().as_bytes()).is_some());
+        }
     }
 
     #[test]

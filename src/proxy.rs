@@ -89,6 +89,18 @@ pub struct RequestContext {
     pub fastcgi_script: Option<Box<crate::fastcgi::params::Script>>,
 }
 
+impl RequestContext {
+    /// Where the upstream response's fields can go: an HTTP/1 client's response is written by
+    /// hyper's HTTP/1 server, which also writes fields relayed as bytes; HTTP/2's does not.
+    pub fn response_fields(&self) -> crate::upstream::http1::HeadFields {
+        if self.client_version >= http::Version::HTTP_2 {
+            crate::upstream::http1::HeadFields::Map
+        } else {
+            crate::upstream::http1::HeadFields::RelayRaw
+        }
+    }
+}
+
 /// The service for one client connection.
 #[derive(Clone)]
 pub struct Proxy {

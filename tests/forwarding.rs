@@ -624,3 +624,133 @@ async fn an_answer_sent_before_the_upload_ended_is_relayed() {
         assert!(line["cause"].is_null(), "{line}");
     }
 }
+
+/// An upstream whose response head carries mixed-case names, repeated fields, an empty value,
+/// its own Date and X-Request-Id, and hop-by-hop fields; `/named` also names a field in
+/// `Connection`, which makes it hop-by-hop too.
+async fn fields_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let named = seen.starts_with(b"GET /named ");
+                    seen.drain(..end + 4);
+                    let connection = if named {
+                        "Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\n"
+                    } else {
+                        "Connection: keep-alive\r\n"
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nServer: Fake/1.0\r\nX-Mixed-Case: Value  One\r\n\
+                         Date: Tue, 01 Dec 2026 00:00:00 GMT\r\n{connection}Keep-Alive: timeout=5\r\n\
+                         X-Request-Id: upstream-id\r\nX-Empty:\r\nSet-Cookie: a=1\r\n\
+                         Set-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok"
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The response head an HTTP/1.1 client reads from causeway for `path`, as raw text.
+async fn raw_response_head(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the answer within 5 s")
+        .expect("read");
+    let answer = String::from_utf8(answer).expect("ASCII answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a complete head");
+    assert_eq!(body, "ok", "{answer}");
+    head.to_string()
+}
+
+/// Every end-to-end field of the upstream's head reaches the client exactly once, as sent
+/// (an HTTP/1 client gets the names' case too: causeway relays those bytes), while the
+/// hop-by-hop ones, the upstream's X-Request-Id and a second Date do not.
+#[tokio::test]
+async fn response_fields_reach_http1_and_http2_clients_once() {
+    let upstream = fields_upstream().await;
+    let proxy = start_proxy(&single(&upstream.to_string(), "")).await;
+    let addr = proxy.tcp_addr().expect("tcp");
+
+    for path in ["/plain", "/named"] {
+        let head = raw_response_head(addr, path).await;
+        let lines: Vec<&str> = head.lines().collect();
+        let count = |name: &str| {
+            lines
+                .iter()
+                .filter(|l| {
+                    l.split_once(':')
+                        .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+                })
+                .count()
+        };
+        assert_eq!(lines[0], "HTTP/1.1 200 OK", "{head}");
+        if path == "/plain" {
+            // Relayed as the upstream's bytes: the names keep their case.
+            assert!(lines.contains(&"Server: Fake/1.0"), "{head}");
+            assert!(lines.contains(&"X-Mixed-Case: Value  One"), "{head}");
+            assert!(lines.contains(&"X-Empty:"), "{head}");
+        }
+        let lower = head.to_ascii_lowercase();
+        let lower_lines: Vec<&str> = lower.lines().map(str::trim_end).collect();
+        assert!(lower_lines.contains(&"server: fake/1.0"), "{head}");
+        assert!(lower_lines.contains(&"x-mixed-case: value  one"), "{head}");
+        assert!(lower_lines.contains(&"x-empty:"), "{head}");
+        let cookies: Vec<&&str> = lower_lines
+            .iter()
+            .filter(|l| l.starts_with("set-cookie"))
+            .collect();
+        assert_eq!(cookies, [&"set-cookie: a=1", &"set-cookie: b=2"], "{head}");
+        assert_eq!(count("date"), 1, "{head}");
+        assert!(head.contains("Tue, 01 Dec 2026 00:00:00 GMT"), "{head}");
+        assert_eq!(count("content-length"), 1, "{head}");
+        assert_eq!(count("x-request-id"), 1, "{head}");
+        assert!(!head.contains("upstream-id"), "{head}");
+        assert_eq!(count("keep-alive"), 0, "{head}");
+        assert_eq!(count("x-hop"), 0, "{path}: named in Connection: {head}");
+        assert!(!head.to_ascii_lowercase().contains("keep-alive"), "{head}");
+    }
+
+    // HTTP/2 has no place for relayed bytes: every field travels in the header map.
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 prior-knowledge handshake");
+    tokio::spawn(conn);
+    let request = Request::get("http://t/plain")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("h2 response");
+    let headers = response.headers();
+    assert_eq!(headers["server"], "Fake/1.0");
+    assert_eq!(headers["x-mixed-case"], "Value  One");
+    assert_eq!(headers["x-empty"], "");
+    assert_eq!(headers["date"], "Tue, 01 Dec 2026 00:00:00 GMT");
+    let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert_ne!(headers["x-request-id"], "upstream-id");
+    assert!(!headers.contains_key("keep-alive"));
+}

@@ -339,9 +339,16 @@ async fn http_request(
         header::USER_AGENT,
         HeaderValue::from_static("causeway-diagnose"),
     );
-    let response = exchange::send(conn, request, config, server.clone(), Permit::unlimited())
-        .await
-        .map_err(|failed| failed.error.at(&server.addr))?;
+    let response = exchange::send(
+        conn,
+        request,
+        config,
+        server.clone(),
+        Permit::unlimited(),
+        crate::upstream::http1::HeadFields::Map,
+    )
+    .await
+    .map_err(|failed| failed.error.at(&server.addr))?;
     let status = response.status();
     let reason = status.canonical_reason().unwrap_or("");
     let summary = format!("GET {path} → {} {reason}", status.as_u16());

@@ -27,7 +27,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use super::body::UpstreamBody;
 use super::connect::{fmt_duration, Counted, IoStats, Stream};
 use super::http1::{
-    Http1Body, Http1Conn, Http1Error, Limits as Http1Limits, ResponseHead, Written,
+    HeadFields, Http1Body, Http1Conn, Http1Error, Limits as Http1Limits, ResponseHead, Written,
 };
 use super::pool::Permit;
 use super::{BoxError, Reuse, Sent, Server, UpstreamError};
@@ -387,12 +387,13 @@ pub fn send<'a>(
     config: &'a config::Upstream,
     server: Arc<Server>,
     permit: Permit,
+    fields: HeadFields,
 ) -> impl Future<Output = Result<Response<UpstreamBody>, Failed>> + Send + 'a {
     // Not an `async fn`: each path's future is returned as is, and hyper's (the rare path:
     // streamed uploads, HTTP/2, upgrades) is boxed so it does not size every request's future.
     let inline = matches!(conn.sender, Sender::Inline(_)) && request.body().buffered().is_some();
     if inline {
-        Either::Left(send_inline(conn, request, config, server, permit))
+        Either::Left(send_inline(conn, request, config, server, permit, fields))
     } else {
         Either::Right(Box::pin(send_hyper(conn, request, config, server, permit)))
     }
@@ -611,6 +612,7 @@ fn send_inline(
     config: &config::Upstream,
     server: Arc<Server>,
     permit: Permit,
+    fields: HeadFields,
 ) -> impl Future<Output = Result<Response<UpstreamBody>, Failed>> + Send + '_ {
     // Not an `async fn`: those keep their arguments twice in their state (rustc moves
     // them into locals), and this future is copied into its caller's.
@@ -636,6 +638,7 @@ fn send_inline(
             write: config.timeouts.write,
             header: config.timeouts.header,
             max_head: config.max_response_header,
+            fields,
         };
         let head = match super::http1::exchange(&mut transport, &request, limits).await {
             Ok(exchanged) => exchanged,

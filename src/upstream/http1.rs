@@ -128,7 +128,7 @@ pub enum Written {
     All,
 }
 
-/// The timeouts of one exchange.
+/// The timeouts and limits of one exchange, and where its response's fields go.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// No write progress for this long is `write_timeout`.
@@ -137,6 +137,7 @@ pub struct Limits {
     pub header: Duration,
     /// The largest response head accepted.
     pub max_head: usize,
+    pub fields: HeadFields,
 }
 
 /// A failed exchange: the error and how much of the request was written before it.
@@ -158,12 +159,10 @@ pub async fn exchange(
     encode_head(request, body.len(), &mut head);
     let is_head = request.method() == Method::HEAD;
     if let Err(failed) = write_request(&mut conn.io, &mut head, body, limits.write).await {
-        return early_answer(conn, limits.max_head, is_head)
-            .await
-            .ok_or(failed);
+        return early_answer(conn, limits, is_head).await.ok_or(failed);
     }
     // The header timeout starts now: the request is written.
-    match within(limits.header, read_head(conn, limits.max_head, is_head)).await {
+    match within(limits.header, read_head(conn, limits, is_head)).await {
         Some(Ok(head)) => Ok(head),
         Some(Err(error)) => Err(ExchangeFailed {
             error,
@@ -181,14 +180,10 @@ pub async fn exchange(
 /// it has the head, then close or stop reading. That answer is the upstream's, so it is
 /// relayed, as nginx and hyper do, not replaced by a `write_failed` 502. The connection is
 /// never reused after it: the request was cut short.
-async fn early_answer(
-    conn: &mut Http1Conn,
-    max_head: usize,
-    is_head: bool,
-) -> Option<ResponseHead> {
+async fn early_answer(conn: &mut Http1Conn, limits: Limits, is_head: bool) -> Option<ResponseHead> {
     // An answer sent before the failure is already in the socket's receive queue (Linux keeps
     // it readable ahead of a reset); the wait only covers the event loop noticing it.
-    let mut head = within(EARLY_ANSWER_WAIT, read_head(conn, max_head, is_head))
+    let mut head = within(EARLY_ANSWER_WAIT, read_head(conn, limits, is_head))
         .await?
         .ok()?;
     head.keep_alive.reusable = false;
@@ -315,12 +310,13 @@ impl Framing {
 /// Reads until one complete final (non-1xx) response head is buffered, and parses it.
 async fn read_head(
     conn: &mut Http1Conn,
-    max_head: usize,
+    limits: Limits,
     is_head: bool,
 ) -> Result<ResponseHead, Http1Error> {
+    let max_head = limits.max_head;
     loop {
         if !conn.buf.is_empty() {
-            if let Some(head) = parse_head(&mut conn.buf, max_head, is_head)? {
+            if let Some(head) = parse_head(&mut conn.buf, max_head, is_head, limits.fields)? {
                 if head.response.status().is_informational() {
                     // 100 Continue, 102, 103 Early Hints: not the answer; read on.
                     continue;
@@ -388,12 +384,13 @@ fn parse_head(
     buf: &mut BytesMut,
     max_head: usize,
     is_head: bool,
+    fields: HeadFields,
 ) -> Result<Option<ResponseHead>, Http1Error> {
-    let mut fields: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+    let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
         [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
     let config = httparse::ParserConfig::default();
-    let head_len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {
+    let head_len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(Http1Error::HeadTooLarge),
@@ -419,38 +416,73 @@ fn parse_head(
     let mut keep_alive = KeepAlive::default_for(version);
     let mut spans = Vec::with_capacity(parsed.headers.len());
     for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| Http1Error::Invalid(format!("invalid header name {:?}", field.name)))?;
-        let hop = if name == header::CONTENT_LENGTH {
-            framing_fields.read_content_length(field.value)?;
-            false
-        } else if name == header::TRANSFER_ENCODING {
-            framing_fields.transfer_encoding = Some(last_coding_is_chunked(field.value));
-            false
-        } else if name == header::CONNECTION {
-            framing_fields.connection_names_fields |=
-                keep_alive.read_connection(field.value, version);
-            true
-        } else if name == crate::headers::KEEP_ALIVE {
-            keep_alive.read_keep_alive(field.value);
-            true
-        } else {
-            false
+        let name_start = field.name.as_ptr() as usize - base;
+        let value_start = field.value.as_ptr() as usize - base;
+        let value = value_start..value_start + field.value.len();
+        let read = crate::headers::response_field_causeway_reads(field.name.as_bytes());
+        let name = match (read, fields) {
+            (Some(name), _) => FieldName::Read(name),
+            (None, HeadFields::RelayRaw) => {
+                FieldName::Raw(name_start..name_start + field.name.len())
+            }
+            (None, HeadFields::Map) => FieldName::Read(invalid_name(
+                HeaderName::from_bytes(field.name.as_bytes()),
+                field.name,
+            )?),
         };
-        let start = field.value.as_ptr() as usize - base;
-        spans.push((name, start, start + field.value.len(), hop));
+        let mut hop = false;
+        if let FieldName::Read(name) = &name {
+            if name == header::CONTENT_LENGTH {
+                framing_fields.read_content_length(field.value)?;
+            } else if name == header::TRANSFER_ENCODING {
+                framing_fields.transfer_encoding = Some(last_coding_is_chunked(field.value));
+            } else if name == header::CONNECTION {
+                framing_fields.connection_names_fields |=
+                    keep_alive.read_connection(field.value, version);
+                hop = true;
+            } else if name == crate::headers::KEEP_ALIVE {
+                keep_alive.read_keep_alive(field.value);
+                hop = true;
+            }
+        }
+        spans.push((name, value, hop));
     }
     let head = buf.split_to(head_len).freeze();
+    // Sized for every field, though fewer may go in: growing it on the proxy's insert of
+    // X-Request-Id would cost more than the spare slots.
     let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut raw: Option<BytesMut> = None;
     let keep_hop = framing_fields.connection_names_fields;
-    for (name, start, end, hop) in spans {
+    for (name, value_span, hop) in spans {
         if hop && !keep_hop {
             continue;
         }
+        let name = match name {
+            FieldName::Read(name) => name,
+            // `Connection` names fields the proxy must strip: they all go to the map, where
+            // the strip can find them.
+            FieldName::Raw(span) if keep_hop => {
+                let name = &head[span];
+                invalid_name(HeaderName::from_bytes(name), String::from_utf8_lossy(name))?
+            }
+            FieldName::Raw(span) => {
+                // The line as received, from the name to the value's end (the colon and the
+                // spaces between are valid as they are), with CRLF whatever the line ended with.
+                let raw = raw.get_or_insert_with(|| BytesMut::with_capacity(head_len));
+                if value_span.is_empty() {
+                    raw.extend_from_slice(&head[span]);
+                    raw.extend_from_slice(b":");
+                } else {
+                    raw.extend_from_slice(&head[span.start..value_span.end]);
+                }
+                raw.extend_from_slice(b"\r\n");
+                continue;
+            }
+        };
         // SAFETY: httparse accepted these bytes as a field value, and its set (HTAB, SP to
         // `~`, 0x80 to 0xFF) is exactly the bytes a `HeaderValue` may hold (no CTL, no DEL):
         // checking again would scan every value twice, as hyper's own client avoids too.
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(start..end)) };
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(value_span)) };
         headers.append(name, value);
     }
 
@@ -464,11 +496,44 @@ fn parse_head(
             response.extensions_mut().insert(reason);
         }
     }
+    if let Some(raw) = raw {
+        // httparse accepted each line: a token name, a value without CR, LF or other controls.
+        let raw = hyper::ext::RawFields::from_valid_lines(raw.freeze());
+        response.extensions_mut().insert(raw);
+    }
     Ok(Some(ResponseHead {
         response,
         framing,
         keep_alive,
     }))
+}
+
+/// Where the fields of a response head go once parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadFields {
+    /// All into the response's `HeaderMap`: for a client on HTTP/2, whose encoder reads
+    /// nothing else.
+    Map,
+    /// Into the `HeaderMap` only those causeway or hyper read
+    /// ([`crate::headers::response_field_causeway_reads`]); the rest stay the upstream's
+    /// bytes ([`hyper::ext::RawFields`]), which hyper's HTTP/1 server writes as they are.
+    /// Parsing each into the map only to encode it again cost 2k of a proxied request's
+    /// 37k instructions (BENCHMARKS.md).
+    RelayRaw,
+}
+
+/// A response field's name, parsed or left as the span of the head it occupies.
+enum FieldName {
+    Read(HeaderName),
+    Raw(std::ops::Range<usize>),
+}
+
+/// A name httparse accepted but `http` does not (not expected: both take RFC 9110 tokens).
+fn invalid_name<E>(
+    parsed: Result<HeaderName, E>,
+    name: impl std::fmt::Debug,
+) -> Result<HeaderName, Http1Error> {
+    parsed.map_err(|_| Http1Error::Invalid(format!("invalid header name {name:?}")))
 }
 
 impl FramingFields {
@@ -772,7 +837,8 @@ mod tests {
 
     fn head(text: &str) -> Result<Option<(Response<()>, Framing)>, Http1Error> {
         let mut buf = BytesMut::from(text.as_bytes());
-        parse_head(&mut buf, 8192, false).map(|h| h.map(|h| (h.response, h.framing)))
+        parse_head(&mut buf, 8192, false, HeadFields::Map)
+            .map(|h| h.map(|h| (h.response, h.framing)))
     }
 
     fn complete(text: &str) -> (Response<()>, Framing) {
@@ -826,7 +892,7 @@ mod tests {
             Framing::Length(7)
         );
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"[..]);
-        let parsed = parse_head(&mut buf, 8192, true)
+        let parsed = parse_head(&mut buf, 8192, true, HeadFields::Map)
             .expect("valid")
             .expect("complete");
         assert_eq!(
@@ -834,6 +900,48 @@ mod tests {
             Framing::Empty,
             "a HEAD response has no body"
         );
+    }
+
+    /// The fields causeway relays as bytes for an HTTP/1 client, and those it parses.
+    fn relayed(head: &str) -> (HeaderMap, String) {
+        let mut buf = BytesMut::from(head.as_bytes());
+        let parsed = parse_head(&mut buf, 8192, false, HeadFields::RelayRaw)
+            .expect("valid")
+            .expect("complete");
+        let raw = parsed
+            .response
+            .extensions()
+            .get::<hyper::ext::RawFields>()
+            .map(|raw| String::from_utf8_lossy(raw.as_bytes()).into_owned())
+            .unwrap_or_default();
+        (parsed.response.headers().clone(), raw)
+    }
+
+    #[test]
+    fn fields_causeway_does_not_read_are_relayed_as_received() {
+        let (map, raw) = relayed(
+            "HTTP/1.1 200 OK\r\nServer: Fake\r\nDATE: Tue, 01 Dec 2026 00:00:00 GMT\r\n\
+             Connection: keep-alive\r\nX-A:  one \r\nX-Empty:\r\nx-a: two\r\n\
+             Content-Length: 2\r\nX-Request-Id: up\r\n\r\nok",
+        );
+        assert_eq!(raw, "Server: Fake\r\nX-A:  one\r\nX-Empty:\r\nx-a: two\r\n");
+        assert_eq!(map.len(), 3, "{map:?}");
+        assert_eq!(map["date"], "Tue, 01 Dec 2026 00:00:00 GMT");
+        assert_eq!(map["content-length"], "2");
+        assert_eq!(map["x-request-id"], "up");
+
+        // Bare LF line ends (which httparse accepts) leave as CRLF.
+        let (_, raw) = relayed("HTTP/1.1 200 OK\nServer: lf\nContent-Length: 0\n\n");
+        assert_eq!(raw, "Server: lf\r\n");
+
+        // A field named in Connection is hop-by-hop: every field goes to the map, where the
+        // proxy's strip finds it.
+        let (map, raw) =
+            relayed("HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nServer: Fake\r\n\r\n");
+        assert_eq!(raw, "");
+        assert_eq!(map["x-hop"], "1");
+        assert_eq!(map["server"], "Fake");
+        assert!(map.contains_key("connection"));
     }
 
     #[test]
@@ -863,7 +971,7 @@ mod tests {
         let mut buf =
             BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-Long: aaaaaaaaaaaaaaaaaaaa\r\n\r\n"[..]);
         assert!(matches!(
-            parse_head(&mut buf, 20, false),
+            parse_head(&mut buf, 20, false, HeadFields::Map),
             Err(Http1Error::HeadTooLarge)
         ));
         assert!(matches!(head("HTTP/1.1 200 OK\r\nServer: x\r\n"), Ok(None)));
@@ -874,7 +982,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5, max=9\r\nContent-Length: 0\r\n\r\n"[..],
         );
-        let head = parse_head(&mut buf, 8192, false)
+        let head = parse_head(&mut buf, 8192, false, HeadFields::Map)
             .expect("valid")
             .expect("complete");
         assert_eq!(
@@ -891,7 +999,7 @@ mod tests {
         // Naming another field makes that one hop-by-hop: both stay for the strip to see.
         let mut buf =
             BytesMut::from(&b"HTTP/1.0 200 OK\r\nConnection: close, x-hop\r\nX-Hop: 1\r\n\r\n"[..]);
-        let head = parse_head(&mut buf, 8192, false)
+        let head = parse_head(&mut buf, 8192, false, HeadFields::Map)
             .expect("valid")
             .expect("complete");
         assert!(!head.keep_alive.reusable);

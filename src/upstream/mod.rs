@@ -389,7 +389,16 @@ impl Upstream {
             };
             let reuse = conn.reuse;
             let sent_at = Instant::now();
-            match exchange::send(conn, request, &self.config, server.clone(), permit).await {
+            match exchange::send(
+                conn,
+                request,
+                &self.config,
+                server.clone(),
+                permit,
+                context.response_fields(),
+            )
+            .await
+            {
                 Ok(response) => {
                     timings.header = Some(sent_at.elapsed());
                     Ok((response, reuse))

@@ -54,6 +54,12 @@ mod h1_reason_phrase;
 #[cfg(any(feature = "http1", feature = "ffi"))]
 pub use h1_reason_phrase::ReasonPhrase;
 
+// causeway patch: field lines a server writes verbatim (see CAUSEWAY-PATCH.md).
+#[cfg(all(feature = "http1", feature = "server"))]
+mod h1_raw_fields;
+#[cfg(all(feature = "http1", feature = "server"))]
+pub use h1_raw_fields::RawFields;
+
 #[cfg(all(feature = "http1", feature = "client"))]
 mod informational;
 #[cfg(all(feature = "http1", feature = "client"))]

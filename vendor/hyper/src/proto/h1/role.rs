@@ -486,6 +486,15 @@ impl Http1Transaction for Server {
         } else {
             Self::encode_headers_with_lower_case(msg, dst, is_last, orig_len, wrote_len)?
         };
+        // causeway patch: field lines relayed as received go before the blank line that ends
+        // the head (the encoders above always end it with one).
+        if let Some(raw) = extensions.get::<crate::ext::RawFields>() {
+            if ret.is_ok() && !raw.as_bytes().is_empty() && dst.ends_with(b"\r\n\r\n") {
+                dst.truncate(dst.len() - 2);
+                extend(dst, raw.as_bytes());
+                extend(dst, b"\r\n");
+            }
+        }
 
         ret.map(|()| encoder)
     }
