@@ -267,6 +267,8 @@ pub struct ClientHop<'a> {
     pub peer: Option<IpAddr>,
     /// `peer` as text (`unknown` without one), rendered once per connection.
     pub peer_text: &'a str,
+    /// `peer_text` as a header value.
+    pub peer_value: &'a HeaderValue,
     /// `http` or `https` as the client spoke to us.
     pub proto: &'static str,
     /// The Host the client asked for.
@@ -299,7 +301,9 @@ pub fn add_forwarded(headers: &mut HeaderMap, mode: ForwardedMode, hop: &ClientH
                 let xff = format!("{previous}, {peer}");
                 set(headers, &X_FORWARDED_FOR, &xff);
             }
-            _ => set(headers, &X_FORWARDED_FOR, peer),
+            _ => {
+                headers.insert(&X_FORWARDED_FOR, hop.peer_value.clone());
+            }
         }
         if !arrived.x_forwarded_proto {
             headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
@@ -550,6 +554,8 @@ mod tests {
         ClientHop {
             peer: Some(ip.parse().expect("test ip")),
             peer_text: ip,
+            // Leaked: a test's hop lives as long as the test.
+            peer_value: Box::leak(Box::new(HeaderValue::from_static(ip))),
             proto,
             host,
             trusted,
