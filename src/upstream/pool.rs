@@ -36,10 +36,24 @@ pub fn set_worker(index: usize) {
 /// The idle connections of one server, one list per worker.
 pub struct Pool {
     settings: config::Pool,
-    idle: Box<[Mutex<Vec<Idle>>]>,
+    idle: Box<[PerWorker<Mutex<Vec<Idle>>>]>,
     /// Idle raw transports of FastCGI servers with `fastcgi.keep_conn`.
-    raw_idle: Box<[Mutex<Vec<RawIdle>>]>,
+    raw_idle: Box<[PerWorker<Mutex<Vec<RawIdle>>>]>,
     limit: Option<Arc<Semaphore>>,
+}
+
+/// One worker's share, on cache lines of its own: two workers' lists on one line would have
+/// every lock by one worker evict the line from the other's core (false sharing), on every
+/// checkout and checkin.
+#[repr(align(128))]
+struct PerWorker<T>(T);
+
+impl<T> std::ops::Deref for PerWorker<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 struct RawIdle {
@@ -82,8 +96,12 @@ impl Pool {
         let workers = workers.max(1);
         Pool {
             settings,
-            idle: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
-            raw_idle: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: (0..workers)
+                .map(|_| PerWorker(Mutex::new(Vec::new())))
+                .collect(),
+            raw_idle: (0..workers)
+                .map(|_| PerWorker(Mutex::new(Vec::new())))
+                .collect(),
             limit: max_conns.map(|n| Arc::new(Semaphore::new(n))),
         }
     }
@@ -248,7 +266,7 @@ impl Pool {
 
     /// Idle connections right now, over all workers.
     pub fn idle_count(&self) -> usize {
-        fn count<T>(lists: &[Mutex<Vec<T>>]) -> usize {
+        fn count<T>(lists: &[PerWorker<Mutex<Vec<T>>>]) -> usize {
             lists
                 .iter()
                 .map(|list| list.lock().map(|idle| idle.len()).unwrap_or(0))
