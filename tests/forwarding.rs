@@ -224,15 +224,23 @@ async fn unix_socket_listener_serves_clients() {
     );
 }
 
-#[tokio::test]
-async fn http2_clients_are_served() {
-    let h = start(&single("{faults}", "")).await;
-    let stream = TcpStream::connect(h.addr).await.expect("connect");
-    let (mut sender, conn) =
+/// An HTTP/2 (prior knowledge) client connection to `addr`, its connection task running.
+async fn h2_client(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .expect("h2 prior-knowledge handshake");
     tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let h = start(&single("{faults}", "")).await;
+    let mut sender = h2_client(h.addr).await;
     // Several streams at once on one connection.
     let mut answers = Vec::new();
     for i in 0..5 {
@@ -258,12 +266,7 @@ async fn http2_clients_are_served() {
 #[tokio::test]
 async fn http2_client_sees_a_cut_body_as_a_reset_stream() {
     let h = start(&single("{faults}", "")).await;
-    let stream = TcpStream::connect(h.addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut sender = h2_client(h.addr).await;
     let request = Request::get("http://test.local/truncate")
         .body(Full::new(Bytes::new()))
         .expect("request");
@@ -430,6 +433,24 @@ async fn tls_listener_serves_h2_and_http11_by_alpn() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Reads from `stream` until `seen` holds a complete request head, and returns it (drained
+/// from `seen`); `None` when the client closed first.
+async fn next_head(stream: &mut TcpStream, seen: &mut Vec<u8>) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+            seen.drain(..end + 4);
+            return Some(head);
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// A scripted HTTP/1.1 upstream on loopback: answers each request by its path with the bytes
 /// below, written in small pieces; counts the connections it accepted.
 async fn framing_upstream() -> (
@@ -437,7 +458,7 @@ async fn framing_upstream() -> (
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let accepted = std::sync::Arc::new(AtomicUsize::new(0));
@@ -447,17 +468,7 @@ async fn framing_upstream() -> (
             counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-                    seen.drain(..end + 4);
+                while let Some(head) = next_head(&mut stream, &mut seen).await {
                     let path = head.split(' ').nth(1).unwrap_or("/").to_string();
                     let (answer, close): (&[u8], bool) = match path.as_str() {
                         "/chunked" => (
@@ -629,24 +640,15 @@ async fn an_answer_sent_before_the_upload_ended_is_relayed() {
 /// its own Date and X-Request-Id, and hop-by-hop fields; `/named` also names a field in
 /// `Connection`, which makes it hop-by-hop too.
 async fn fields_upstream() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                        continue;
-                    };
-                    let named = seen.starts_with(b"GET /named ");
-                    seen.drain(..end + 4);
+                while let Some(head) = next_head(&mut stream, &mut seen).await {
+                    let named = head.starts_with("GET /named ");
                     let connection = if named {
                         "Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\n"
                     } else {
@@ -734,12 +736,7 @@ async fn response_fields_reach_http1_and_http2_clients_once() {
     }
 
     // HTTP/2 has no place for relayed bytes: every field travels in the header map.
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("h2 prior-knowledge handshake");
-    tokio::spawn(conn);
+    let mut sender = h2_client(addr).await;
     let request = Request::get("http://t/plain")
         .body(Full::new(Bytes::new()))
         .expect("request");
