@@ -53,29 +53,25 @@ pub struct ClientInfo {
     pub local: Option<SocketAddr>,
     pub tls: bool,
     /// The peer's IP address as forwarding headers write it (`unknown` for a unix-socket
-    /// client): rendered once per connection, not once per request.
-    pub peer_text: Arc<str>,
-    /// `peer_text` as a header value, shared: X-Forwarded-For costs a reference count per
-    /// request, not a copy.
-    pub peer_value: HeaderValue,
+    /// client): rendered once per connection, as a header value, so X-Forwarded-For costs a
+    /// reference count per request, not a copy.
+    pub peer_text: HeaderValue,
 }
 
 impl ClientInfo {
     /// A client at `peer` (`None` for a unix-socket client) that reached us at `local`.
     pub fn new(peer: Option<SocketAddr>, local: Option<SocketAddr>, tls: bool) -> ClientInfo {
-        let peer_text: Arc<str> = match peer {
-            Some(peer) => Arc::from(peer.ip().to_string()),
-            None => Arc::from("unknown"),
+        let unknown = HeaderValue::from_static("unknown");
+        let peer_text = match peer {
+            // An IP address's text is always a valid header value.
+            Some(peer) => HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(unknown),
+            None => unknown,
         };
-        let peer_value =
-            HeaderValue::from_maybe_shared(Bytes::copy_from_slice(peer_text.as_bytes()))
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ClientInfo {
             peer,
             local,
             tls,
             peer_text,
-            peer_value,
         }
     }
 }
@@ -423,7 +419,6 @@ fn handle(
                 &headers::ClientHop {
                     peer: peer_ip,
                     peer_text: &client.peer_text,
-                    peer_value: &client.peer_value,
                     proto: if client.tls { "https" } else { "http" },
                     host: host.as_deref(),
                     trusted,

@@ -130,11 +130,10 @@ pub fn headers(c: &mut Criterion) {
     let request = browser_headers();
     let mut with_id = browser_headers();
     with_id.insert(&X_REQUEST_ID, HeaderValue::from_static("req-7f3a9c"));
-    let peer_value = HeaderValue::from_static("203.0.113.7");
+    let peer_text = HeaderValue::from_static("203.0.113.7");
     let hop = ClientHop {
         peer: Some("203.0.113.7".parse().expect("literal address")),
-        peer_text: "203.0.113.7",
-        peer_value: &peer_value,
+        peer_text: &peer_text,
         proto: "http",
         host: Some(fixtures::HOST),
         trusted: false,
