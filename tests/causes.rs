@@ -270,6 +270,31 @@ async fn no_matching_route_is_no_route() {
     assert_eq!(line["cause"], "no_route");
 }
 
+/// causeway's own answers carry the current date (RFC 9110 §6.6.1), also once the second
+/// has changed: hyper's cached date is refreshed where it is written (a causeway patch).
+#[tokio::test]
+async fn our_own_answers_carry_the_current_date() {
+    let h = start(
+        "[upstreams.u]\nservers = [\"{faults}\"]\n[[routes]]\npath = \"/api/\"\nupstream = \"u\"\n",
+    )
+    .await;
+    let date_of = |reply: &Reply| {
+        let text = reply.header("date").expect("a Date header").to_string();
+        httpdate::parse_http_date(&text).expect("an HTTP date")
+    };
+    let first = date_of(&get(h.addr, "/elsewhere").await);
+    let skew = std::time::SystemTime::now()
+        .duration_since(first)
+        .unwrap_or_default();
+    assert!(skew < Duration::from_secs(3), "{skew:?} behind");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = date_of(&get(h.addr, "/elsewhere").await);
+    assert!(
+        second > first,
+        "the date moved on: {first:?} then {second:?}"
+    );
+}
+
 #[tokio::test]
 async fn our_own_via_is_loop_detected() {
     let h = start(&single("{faults}", "")).await;

@@ -524,7 +524,7 @@ impl Http1Transaction for Server {
     }
 
     fn update_date() {
-        date::update();
+        // causeway patch: `date::extend` refreshes the cached date when it writes one.
     }
 }
 
