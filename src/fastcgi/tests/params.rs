@@ -43,6 +43,22 @@ fn build_full(
     build_with(&meta, settings, exists)
 }
 
+/// A GET of `/index.php` over plain HTTP/1.1 from a unix-socket client, without a body: the
+/// request tests vary one field of.
+fn plain_get<'a>(headers: &'a HeaderMap, authority: &'a Authority) -> RequestMeta<'a> {
+    RequestMeta {
+        method: &Method::GET,
+        target: "/index.php",
+        version: Version::HTTP_11,
+        headers,
+        authority,
+        client: None,
+        server: None,
+        https: false,
+        content_length: None,
+    }
+}
+
 fn get(params: &Params, name: &str) -> Option<String> {
     params
         .get(name)
@@ -105,15 +121,8 @@ fn plain_http_sends_no_https_param() {
     let authority = Authority::from_static("example.com");
     let headers = HeaderMap::new();
     let meta = RequestMeta {
-        method: &Method::GET,
-        target: "/index.php",
         version: Version::HTTP_2,
-        headers: &headers,
-        authority: &authority,
-        client: None,
-        server: None,
-        https: false,
-        content_length: None,
+        ..plain_get(&headers, &authority)
     };
     let params = build_with(&meta, &settings(), |_| true).unwrap();
     assert_eq!(get(&params, "HTTPS"), None);
@@ -388,15 +397,10 @@ fn addresses_ports_and_lengths_are_written_as_display_writes_them() {
         let client: std::net::SocketAddr = client.parse().expect("client address");
         let server: std::net::SocketAddr = server.parse().expect("server address");
         let meta = RequestMeta {
-            method: &Method::GET,
-            target: "/index.php",
-            version: Version::HTTP_11,
-            headers: &headers,
-            authority: &authority,
             client: Some(client),
             server: Some(server),
-            https: false,
             content_length: length,
+            ..plain_get(&headers, &authority)
         };
         let params = build_with(&meta, &settings(), |_| true).expect("params");
         let expected = [
