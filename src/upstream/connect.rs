@@ -181,7 +181,7 @@ impl Connector {
         server: &ServerAddr,
         deadline: Instant,
     ) -> Result<Stream, UpstreamError> {
-        match timeout_at(deadline, UnixStream::connect(path)).await {
+        match timeout_at(deadline, connect_unix(path)).await {
             Ok(Ok(stream)) => Ok(Stream::Unix(stream)),
             Ok(Err(e)) => Err(classify::connect_error(e, server)),
             Err(_) => Err(self.connect_timed_out(server, "unix socket connect")),
@@ -568,6 +568,31 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Connects to a unix socket. On Linux a unix-socket `connect` completes or fails (EAGAIN
+/// when the listen queue is full) within the call, so tokio's own connect, which then waits
+/// for writability and reads `SO_ERROR`, spends a `getsockopt` and a turn of the event loop
+/// per connection learning nothing: for FastCGI that is once per request. Where a connect
+/// does report "in progress", that wait is still done.
+async fn connect_unix(path: &Path) -> io::Result<UnixStream> {
+    // Linux's value (asm-generic/errno.h), as the errno labels in `classify` assume;
+    // `io::ErrorKind::InProgress` is not stable yet.
+    const EINPROGRESS: i32 = 115;
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?;
+    match socket.connect(&SockAddr::unix(path)?) {
+        Ok(()) => UnixStream::from_std(socket.into()),
+        Err(e) if e.raw_os_error() == Some(EINPROGRESS) => {
+            let stream = UnixStream::from_std(socket.into())?;
+            stream.writable().await?;
+            match stream.take_error()? {
+                Some(e) => Err(e),
+                None => Ok(stream),
+            }
+        }
+        Err(e) => Err(e),
     }
 }
 
