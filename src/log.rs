@@ -126,6 +126,10 @@ impl AccessLog {
                     batch.flush();
                     batch.sink = Some(self.sink.clone());
                 }
+                if batch.bytes.capacity() == 0 {
+                    // Allocated by the first line: a worker with the log off holds nothing.
+                    batch.bytes.reserve(BATCH_MAX);
+                }
                 batch.bytes.extend_from_slice(line.as_bytes());
                 if batch.bytes.len() >= BATCH_MAX {
                     batch.flush();
@@ -189,7 +193,7 @@ pub fn batch_this_thread() {
     BATCH.with(|batch| {
         *batch.borrow_mut() = Some(Batch {
             sink: None,
-            bytes: Vec::with_capacity(BATCH_MAX),
+            bytes: Vec::new(),
         });
     });
 }
