@@ -850,6 +850,54 @@ async fn idle_connections_are_cut_by_request_header_timeout() {
     drop(idle);
 }
 
+/// hyper keeps one header timer per connection and re-arms it for each request (vendored
+/// patch, vendor/hyper/CAUSEWAY-PATCH.md): a request that outlasts `request_header_timeout`
+/// must not leave it expired for the next request, and the connection, idle after its
+/// responses, is still cut on time.
+#[tokio::test]
+async fn the_header_timer_is_rearmed_for_each_request_of_a_connection() {
+    let h = start_with_server("request_header_timeout = \"1s\"").await;
+    let stream = TcpStream::connect(h.addr).await.expect("connect");
+    let (mut read, mut write) = stream.into_split();
+    let quiet = Duration::from_millis(200);
+    // Answered after 1.5 s: the header timer must not run while the request is served.
+    write
+        .write_all(b"GET /slow-head?ms=1500 HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .await
+        .expect("write first request");
+    let first = read_until_quiet(&mut read, quiet, Duration::from_secs(5)).await;
+    assert_eq!(first.status(), Some(200), "{}", first.text());
+    assert_eq!(
+        first.end,
+        End::Open,
+        "closed after a slow request: {}",
+        first.text()
+    );
+    // The next request on the same connection, at once: served, not cut by a stale timer.
+    write
+        .write_all(b"GET /ok HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .await
+        .expect("write second request");
+    let second = read_until_quiet(&mut read, quiet, Duration::from_secs(5)).await;
+    assert_eq!(second.status(), Some(200), "{}", second.text());
+    assert_eq!(second.end, End::Open, "{}", second.text());
+    // Idle from now on: closed after about request_header_timeout.
+    let idle_from = Instant::now();
+    let idle = read_until_quiet(&mut read, quiet, Duration::from_secs(4)).await;
+    let idle_for = idle_from.elapsed();
+    assert!(idle.bytes.is_empty(), "{}", idle.text());
+    assert_ne!(
+        idle.end,
+        End::Open,
+        "idle connection still open after {idle_for:?}"
+    );
+    assert!(
+        idle_for >= Duration::from_millis(700) && idle_for < Duration::from_secs(3),
+        "idle connection closed after {idle_for:?}, want about 1 s"
+    );
+    drop(write);
+}
+
 #[tokio::test]
 async fn slow_small_body_is_408_and_never_forwarded() {
     let h = start_with_server("request_body_timeout = \"500ms\"").await;

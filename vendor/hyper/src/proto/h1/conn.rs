@@ -276,10 +276,12 @@ where
             }
         };
 
+        // causeway: the timer is kept for the connection's next head and re-armed with
+        // `reset` (an atomic store while tokio still holds it), instead of one allocation,
+        // one timer-wheel insertion and one removal per request (CAUSEWAY-PATCH.md).
         #[cfg(feature = "server")]
         {
             self.state.h1_header_read_timeout_running = false;
-            self.state.h1_header_read_timeout_fut = None;
         }
 
         // Note: don't deconstruct `msg` into local variables, it appears
