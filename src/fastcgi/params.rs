@@ -7,8 +7,9 @@
 //! Symlinks inside `root` are followed, as nginx does by default; only the lexical path is
 //! checked to stay under `root`.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST};
 use http::uri::Authority;
@@ -341,27 +342,28 @@ pub fn resolve_script(
 ) -> Result<Script, ScriptPathError> {
     let decoded = decode_path(raw_path)?;
     let trailing_slash = decoded.ends_with('/');
-    // Empty and `.` segments are dropped, as nginx merges slashes and resolves `/./`.
-    let segments: Vec<&str> = decoded
-        .split('/')
-        .filter(|s| !s.is_empty() && *s != ".")
-        .collect();
-    let mut document_uri = format!("/{}", segments.join("/"));
-    if trailing_slash && !segments.is_empty() {
+    // DOCUMENT_URI: the segments joined again without the empty and `.` ones, as nginx merges
+    // slashes and resolves `/./`. SCRIPT_NAME is its prefix up to the first `.php` segment
+    // and PATH_INFO the rest, so all three come from one string built in one pass.
+    let mut document_uri = String::with_capacity(decoded.len() + 1);
+    let mut script_end = None;
+    for segment in decoded.split('/').filter(|s| !s.is_empty() && *s != ".") {
+        document_uri.push('/');
+        document_uri.push_str(segment);
+        if script_end.is_none() && segment.ends_with(".php") {
+            script_end = Some(document_uri.len());
+        }
+    }
+    if document_uri.is_empty() || trailing_slash {
         document_uri.push('/');
     }
-    let split = segments.iter().position(|s| s.ends_with(".php"));
-    let candidate = match split {
-        Some(at) => {
-            let rest = &segments[at + 1..];
-            let mut path_info = rest.iter().fold(String::new(), |acc, s| acc + "/" + s);
-            if trailing_slash {
-                path_info.push('/');
-            }
-            let name = format!("/{}", segments[..=at].join("/"));
-            Some((name, Some(path_info).filter(|p| !p.is_empty())))
+    let candidate = match script_end {
+        Some(end) => {
+            let path_info = &document_uri[end..];
+            let path_info = (!path_info.is_empty()).then(|| path_info.to_owned());
+            Some((document_uri[..end].to_owned(), path_info))
         }
-        None if trailing_slash => Some((format!("{}{}", document_uri, settings.index), None)),
+        None if trailing_slash => Some((format!("{document_uri}{}", settings.index), None)),
         None => None,
     };
     if let Some((name, path_info)) = candidate {
@@ -393,11 +395,31 @@ pub fn resolve_script(
     })
 }
 
-/// Percent-decodes once and refuses separators, traversal and control bytes.
-fn decode_path(raw: &str) -> Result<String, ScriptPathError> {
+/// Percent-decodes once and refuses separators, traversal and control bytes. A path without
+/// `%` (nearly every request) is checked in place and borrowed.
+fn decode_path(raw: &str) -> Result<Cow<'_, str>, ScriptPathError> {
     if !raw.starts_with('/') {
         return Err(ScriptPathError::NotOriginForm);
     }
+    let decoded = if raw.contains('%') {
+        Cow::Owned(percent_decode(raw)?)
+    } else {
+        Cow::Borrowed(raw)
+    };
+    if decoded.contains('\\') {
+        return Err(ScriptPathError::Backslash);
+    }
+    if decoded.bytes().any(|b| b.is_ascii_control()) {
+        return Err(ScriptPathError::ControlCharacter);
+    }
+    if decoded.split('/').any(|segment| segment == "..") {
+        return Err(ScriptPathError::DotDot);
+    }
+    Ok(decoded)
+}
+
+/// `raw` with every `%XX` decoded; an encoded `/` or `\\` is refused, not decoded.
+fn percent_decode(raw: &str) -> Result<String, ScriptPathError> {
     let bytes = raw.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut at = 0;
@@ -424,17 +446,7 @@ fn decode_path(raw: &str) -> Result<String, ScriptPathError> {
         };
         decoded.push(byte);
     }
-    let decoded = String::from_utf8(decoded).map_err(|_| ScriptPathError::NotUtf8)?;
-    if decoded.contains('\\') {
-        return Err(ScriptPathError::Backslash);
-    }
-    if decoded.bytes().any(|b| b.is_ascii_control()) {
-        return Err(ScriptPathError::ControlCharacter);
-    }
-    if decoded.split('/').any(|segment| segment == "..") {
-        return Err(ScriptPathError::DotDot);
-    }
-    Ok(decoded)
+    String::from_utf8(decoded).map_err(|_| ScriptPathError::NotUtf8)
 }
 
 fn hex_value(digit: u8) -> Option<u8> {
@@ -444,20 +456,17 @@ fn hex_value(digit: u8) -> Option<u8> {
 }
 
 /// `root` + the script's URI path, which must be `/` and plain segments: a bad `index` could
-/// hold `..`, `./` or an absolute path.
+/// hold `..`, `./` or an absolute path. Plain segments (none empty, `.` or `..`) joined to
+/// `root` are all normal components under it, so no path walk is needed to prove it.
 fn script_filename(root: &Path, name: &str) -> Result<PathBuf, ScriptPathError> {
     let relative = name.strip_prefix('/').ok_or(ScriptPathError::RootEscape)?;
     let plain = relative
         .split('/')
         .all(|segment| !matches!(segment, "" | "." | ".."));
-    let filename = root.join(relative);
-    let normal = Path::new(relative)
-        .components()
-        .all(|c| matches!(c, Component::Normal(_)));
-    if !plain || !normal || !filename.starts_with(root) {
+    if !plain {
         return Err(ScriptPathError::RootEscape);
     }
-    Ok(filename)
+    Ok(root.join(relative))
 }
 
 /// nginx's `$server_protocol`.
