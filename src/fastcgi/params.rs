@@ -177,7 +177,7 @@ impl Params {
     }
 
     /// The pairs as byte slices, ready for [`super::record::params`].
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&[u8], &[u8])> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&[u8], &[u8])> + Clone {
         self.spans
             .iter()
             .map(|&(start, value, end)| (&self.bytes[start..value], &self.bytes[value..end]))
@@ -504,7 +504,10 @@ fn push_headers(params: &mut Params, headers: &HeaderMap) {
         .flat_map(|v| v.split(','))
         .map(|token| token.trim().to_ascii_lowercase())
         .collect();
-    for name in headers.keys() {
+    // `iter` yields every value, and the values of one name one after another: one pass, no
+    // lookup per name.
+    let mut values = headers.iter().peekable();
+    while let Some((name, value)) = values.next() {
         let name_str = name.as_str();
         let skip = *name == HOST
             || *name == CONTENT_TYPE
@@ -517,6 +520,7 @@ fn push_headers(params: &mut Params, headers: &HeaderMap) {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if skip {
+            while values.next_if(|(next, _)| *next == name).is_some() {}
             continue;
         }
         let separator: &[u8] = if *name == COOKIE { b"; " } else { b", " };
@@ -530,11 +534,10 @@ fn push_headers(params: &mut Params, headers: &HeaderMap) {
             }
         }));
         let value_start = params.bytes.len();
-        for (index, part) in headers.get_all(name).iter().enumerate() {
-            if index > 0 {
-                params.bytes.extend_from_slice(separator);
-            }
-            params.bytes.extend_from_slice(part.as_bytes());
+        params.bytes.extend_from_slice(value.as_bytes());
+        while let Some((_, more)) = values.next_if(|(next, _)| *next == name) {
+            params.bytes.extend_from_slice(separator);
+            params.bytes.extend_from_slice(more.as_bytes());
         }
         params.spans.push((start, value_start, params.bytes.len()));
     }

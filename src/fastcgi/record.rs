@@ -351,18 +351,29 @@ fn read_len(buf: &[u8], at: usize) -> Option<(usize, usize)> {
 /// # Panics
 /// If `content` is longer than [`FCGI_MAX_CONTENT_LEN`]: callers split streams first.
 pub fn record(buf: &mut BytesMut, record_type: u8, request_id: u16, content: &[u8]) {
-    let len = u16::try_from(content.len()).expect("callers split content into records");
-    let padding = (8 - content.len() % 8) % 8;
+    let padding = padding_for(content.len());
     buf.reserve(FCGI_HEADER_LEN + content.len() + padding);
+    put_header(buf, record_type, request_id, content.len());
+    buf.put_slice(content);
+    buf.put_bytes(0, padding);
+}
+
+/// The padding that makes a record of `content_len` bytes a multiple of 8 (the spec's
+/// recommendation, and what PHP-FPM and nginx send).
+fn padding_for(content_len: usize) -> usize {
+    (8 - content_len % 8) % 8
+}
+
+/// A record header for `content_len` bytes of content and their padding.
+fn put_header(buf: &mut BytesMut, record_type: u8, request_id: u16, content_len: usize) {
+    let len = u16::try_from(content_len).expect("callers split content into records");
     buf.put_u8(FCGI_VERSION_1);
     buf.put_u8(record_type);
     buf.put_u16(request_id);
     buf.put_u16(len);
-    // `padding` is below 8, so the cast is exact.
-    buf.put_u8(padding as u8);
+    // The padding is below 8, so the cast is exact.
+    buf.put_u8(padding_for(content_len) as u8);
     buf.put_u8(0);
-    buf.put_slice(content);
-    buf.put_bytes(0, padding);
 }
 
 /// Writes `data` as records of `record_type`, split at [`CHUNK`] bytes. Writes nothing for
@@ -391,16 +402,42 @@ pub fn begin_request(buf: &mut BytesMut, request_id: u16, role: u16, keep_conn: 
 pub fn params<'a, I>(buf: &mut BytesMut, request_id: u16, pairs: I) -> Result<(), RecordError>
 where
     I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    I::IntoIter: Clone,
 {
     let pairs = pairs.into_iter();
-    // About 32 bytes a pair: a typical request's PARAMS without growing the buffer twice.
-    let mut encoded = BytesMut::with_capacity(pairs.size_hint().0 * 32);
-    for (name, value) in pairs {
-        put_pair(&mut encoded, name, value)?;
+    let mut content_len = 0;
+    for (name, value) in pairs.clone() {
+        content_len += pair_len(name.len())? + pair_len(value.len())? + name.len() + value.len();
     }
-    stream_records(buf, FCGI_PARAMS, request_id, &encoded);
+    if content_len > CHUNK {
+        // Larger than one record: encoded first, then split (a pair may span two records).
+        let mut encoded = BytesMut::with_capacity(content_len);
+        for (name, value) in pairs {
+            put_pair(&mut encoded, name, value)?;
+        }
+        stream_records(buf, FCGI_PARAMS, request_id, &encoded);
+    } else if content_len > 0 {
+        // The usual case, a few hundred bytes: one record, the pairs written straight into
+        // it, with no staging buffer and no second copy.
+        let padding = padding_for(content_len);
+        buf.reserve(2 * FCGI_HEADER_LEN + content_len + padding);
+        put_header(buf, FCGI_PARAMS, request_id, content_len);
+        for (name, value) in pairs {
+            put_pair(buf, name, value)?;
+        }
+        buf.put_bytes(0, padding);
+    }
     record(buf, FCGI_PARAMS, request_id, &[]);
     Ok(())
+}
+
+/// The encoded size of one length in a name-value pair (1 or 4 bytes).
+fn pair_len(len: usize) -> Result<usize, RecordError> {
+    match len {
+        0..=0x7f => Ok(1),
+        0x80..=0x7fff_ffff => Ok(4),
+        _ => Err(RecordError::PairTooLong(len)),
+    }
 }
 
 /// Appends `data` as STDIN records. Empty `data` writes nothing; end the stream with

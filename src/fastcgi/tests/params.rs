@@ -206,17 +206,31 @@ fn hop_by_hop_headers_and_those_named_by_connection_are_not_sent() {
 
 #[test]
 fn repeated_headers_are_joined_and_cookies_with_semicolons() {
+    // Interleaved as a client may send them, with a repeated field that is not forwarded.
     let mut headers = HeaderMap::new();
     headers.append("accept", HeaderValue::from_static("text/html"));
-    headers.append("accept", HeaderValue::from_static("*/*"));
+    headers.append("proxy", HeaderValue::from_static("http://evil:1"));
     headers.append("cookie", HeaderValue::from_static("a=1"));
+    headers.append("accept", HeaderValue::from_static("*/*"));
+    headers.append("proxy", HeaderValue::from_static("http://evil:2"));
     headers.append("cookie", HeaderValue::from_static("b=2"));
+    headers.append("x-last", HeaderValue::from_static("z"));
     let params = build_for("/index.php", &headers).unwrap();
     assert_eq!(
         get(&params, "HTTP_ACCEPT").as_deref(),
         Some("text/html, */*")
     );
     assert_eq!(get(&params, "HTTP_COOKIE").as_deref(), Some("a=1; b=2"));
+    assert_eq!(get(&params, "HTTP_X_LAST").as_deref(), Some("z"));
+    let http: Vec<String> = names(&params)
+        .into_iter()
+        .filter(|n| n.starts_with("HTTP_"))
+        .collect();
+    assert_eq!(
+        http,
+        vec!["HTTP_HOST", "HTTP_ACCEPT", "HTTP_COOKIE", "HTTP_X_LAST"],
+        "one pair per name, none for Proxy"
+    );
 }
 
 #[test]
