@@ -903,6 +903,60 @@ async fn busy_pool_with_keep_conn_queues_in_causeway() {
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
 }
 
+/// An attempt that fails after its request was written goes again on the next server with the
+/// whole request: the copy kept for the retry holds the head (target, fields), not only the
+/// body. Two servers in round robin: one reads the request and closes (`premature_close`,
+/// retried here by configuration), one is PHP-FPM.
+#[tokio::test]
+async fn a_retried_request_reaches_php_with_its_fields() {
+    let fpm = PhpFpm::start(Pool::default());
+    let closer = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let closer_addr = closer.local_addr().expect("closer address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = closer.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+        }
+    });
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\
+         [upstreams.php]\nservers = [\"{closer_addr}\", \"{}\"]\nprotocol = \"fastcgi\"\n\
+         fastcgi = {{ root = \"{}\", index = \"index.php\", try_files = true }}\n\
+         retry = {{ attempts = 2, on = [\"premature_close\"] }}\n\
+         [[routes]]\npath = \"/\"\nupstream = \"php\"\n",
+        fpm.server(),
+        fpm.www.display()
+    );
+    let proxy = start_proxy(&text).await;
+    let addr = proxy.tcp_addr().expect("proxy listens on TCP");
+    let mut retried = 0;
+    // Round robin: the first attempt of one request in two goes to the closing server.
+    for _ in 0..2 {
+        let reply = get_with(addr, "/info.php?q=1", &[("x-custom", "kept")]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let env: serde_json::Value = serde_json::from_str(&reply.text()).expect("JSON from PHP");
+        assert_eq!(env["HTTP_X_CUSTOM"], "kept", "{env}");
+        assert_eq!(env["QUERY_STRING"], "q=1", "{env}");
+        assert_eq!(env["REQUEST_METHOD"], "GET", "{env}");
+        let line = access_line(&proxy.access, &reply.request_id()).await;
+        let attempts = line["attempts"].as_array().map_or(0, Vec::len);
+        if attempts == 2 {
+            assert_eq!(
+                line["attempts"][0]["server"],
+                closer_addr.to_string(),
+                "{line}"
+            );
+            retried += 1;
+        }
+    }
+    assert_eq!(
+        retried, 1,
+        "one request of two went first to the closing server"
+    );
+}
+
 #[tokio::test]
 async fn keep_conn_reuses_the_connection() {
     let p = start_php(

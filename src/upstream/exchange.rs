@@ -366,9 +366,9 @@ pub struct Failed {
     pub request: Option<Request<RequestBody>>,
 }
 
-/// A copy of the request for another attempt, if its body can be replayed. Needed where the
-/// attempt consumes the request (hyper, FastCGI).
-pub fn replay_of(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+/// A copy of the request for another attempt, if its body can be replayed: hyper's client
+/// consumes the request it sends.
+fn replay_of(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
     let body = request.body().replay()?;
     let mut copy = Request::new(body);
     *copy.method_mut() = request.method().clone();

@@ -121,11 +121,13 @@ pub async fn attempt(
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     let exchange = Exchange::new(STDERR_LIMIT);
-    // The request is consumed below; a copy goes again if this attempt fails after writing.
-    let replay = super::exchange::replay_of(&request);
+    // Only the body is sent (the params carry the rest); the head is kept, not copied, and
+    // goes again with a copy of the body if this attempt fails after writing.
+    let (head, body) = request.into_parts();
+    let replay = body.replay().map(|body| Request::from_parts(head, body));
     let fastcgi_request = FastCgiRequest {
         params,
-        body: request.into_body(),
+        body,
         content_length,
         max_head: config.max_response_header,
     };
