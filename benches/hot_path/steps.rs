@@ -406,7 +406,7 @@ pub fn fastcgi(c: &mut Criterion) {
         b.iter(|| {
             let mut buf = BytesMut::new();
             record::begin_request(&mut buf, 1, record::FCGI_RESPONDER, false);
-            record::params(&mut buf, 1, built.iter()).expect("pairs fit");
+            record::encoded_params(&mut buf, 1, built.encoded().expect("pairs fit"));
             buf
         })
     });

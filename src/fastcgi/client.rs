@@ -319,7 +319,7 @@ where
         let mut wbuf = BytesMut::with_capacity(request.params.encoded_len_max() + 64);
         let role = record::FCGI_RESPONDER;
         record::begin_request(&mut wbuf, REQUEST_ID, role, reuse.is_some());
-        record::params(&mut wbuf, REQUEST_ID, request.params.iter())?;
+        record::encoded_params(&mut wbuf, REQUEST_ID, request.params.encoded()?);
         let mut body = Some(Box::pin(request.body));
         if request.content_length == 0 {
             // PHP-FPM reads at most CONTENT_LENGTH bytes: never poll a body nobody will read.

@@ -127,14 +127,17 @@ impl ScriptPathError {
 }
 
 /// The PARAMS pairs in the order they will be sent. Values are bytes: header values and file
-/// names need not be UTF-8. All pairs share one buffer: a request sends about thirty, and a
-/// string and a vector for each cost more than the rest of building them.
+/// names need not be UTF-8. All pairs share one buffer, already in FastCGI's name-value pair
+/// encoding: a request sends about thirty, and encoding them again into the records cost as
+/// much as building them.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Params {
-    /// Every name and value, back to back.
+    /// Every pair as sent (FastCGI 1.0 §3.4): name length, value length, name, value.
     bytes: Vec<u8>,
     /// Per pair: where its name starts, where its value starts, where its value ends.
     spans: Vec<(usize, usize, usize)>,
+    /// A name or value longer than a pair can say (2^31 - 1 bytes): refused when sent.
+    too_long: Option<usize>,
 }
 
 impl Params {
@@ -143,6 +146,7 @@ impl Params {
         Params {
             bytes: Vec::with_capacity(1024),
             spans: Vec::with_capacity(40),
+            too_long: None,
         }
     }
 
@@ -153,11 +157,66 @@ impl Params {
 
     /// Appends a pair whose value `write_value` writes in place.
     fn push_with(&mut self, name: &[u8], write_value: impl FnOnce(&mut Vec<u8>)) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(name);
-        let value_start = self.bytes.len();
+        self.push_written(|out| out.extend_from_slice(name), write_value);
+    }
+
+    /// Appends a pair whose name and value are written in place. Their lengths go before
+    /// them, so one byte is set aside for each and widened to four (moving the pair by three
+    /// bytes each) when a name or value turns out to be 128 bytes or more.
+    fn push_written(
+        &mut self,
+        write_name: impl FnOnce(&mut Vec<u8>),
+        write_value: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let lengths_at = self.bytes.len();
+        self.bytes.extend_from_slice(&[0, 0]);
+        let mut start = self.bytes.len();
+        write_name(&mut self.bytes);
+        let mut value_start = self.bytes.len();
         write_value(&mut self.bytes);
+        let name_len = value_start - start;
+        let value_len = self.bytes.len() - value_start;
+        match (u8::try_from(name_len), u8::try_from(value_len)) {
+            (Ok(name), Ok(value)) if name < 0x80 && value < 0x80 => {
+                self.bytes[lengths_at] = name;
+                self.bytes[lengths_at + 1] = value;
+            }
+            _ => {
+                let mut lengths = [0u8; 8];
+                let mut used = 0;
+                for len in [name_len, value_len] {
+                    used += self.put_len(&mut lengths[used..], len);
+                }
+                self.bytes
+                    .splice(lengths_at..lengths_at + 2, lengths[..used].iter().copied());
+                start += used - 2;
+                value_start += used - 2;
+            }
+        }
         self.spans.push((start, value_start, self.bytes.len()));
+    }
+
+    /// Writes a pair length at the start of `out`: one byte below 128, else four with the top
+    /// bit set (a length that does not fit 31 bits is noted, and refused when sent). Returns
+    /// the bytes written.
+    fn put_len(&mut self, out: &mut [u8], len: usize) -> usize {
+        match u8::try_from(len) {
+            Ok(short) if short < 0x80 => {
+                out[0] = short;
+                1
+            }
+            _ => {
+                let long = match u32::try_from(len) {
+                    Ok(long) if long <= 0x7fff_ffff => long,
+                    _ => {
+                        self.too_long.get_or_insert(len);
+                        0
+                    }
+                };
+                out[..4].copy_from_slice(&(long | 0x8000_0000).to_be_bytes());
+                4
+            }
+        }
     }
 
     /// The last value sent under `name`, for logs and tests.
@@ -168,12 +227,20 @@ impl Params {
             .map(|(_, v)| v)
     }
 
-    /// An upper bound of the PARAMS stream's size once encoded: every pair with two 4-byte
-    /// lengths, a record header per 64 KiB and the empty record that ends the stream. To size
-    /// the write buffer once.
+    /// An upper bound of the PARAMS stream's size in records: the pairs, a header and
+    /// padding per 64 KiB, and the empty record that ends the stream. To size the write
+    /// buffer once.
     pub fn encoded_len_max(&self) -> usize {
-        let pairs = self.bytes.len() + 8 * self.spans.len();
-        pairs + 8 * (pairs / 0xffff + 2)
+        self.bytes.len() + 16 * (self.bytes.len() / 0xfff8 + 2)
+    }
+
+    /// The pairs in FastCGI's encoding, for [`super::record::encoded_params`]; an error if a
+    /// name or value is too long for a pair.
+    pub fn encoded(&self) -> Result<&[u8], super::record::RecordError> {
+        match self.too_long {
+            Some(len) => Err(super::record::RecordError::PairTooLong(len)),
+            None => Ok(&self.bytes),
+        }
     }
 
     /// The pairs as byte slices, ready for [`super::record::params`].
@@ -524,21 +591,23 @@ fn push_headers(params: &mut Params, headers: &HeaderMap) {
             continue;
         }
         let separator: &[u8] = if *name == COOKIE { b"; " } else { b", " };
-        let start = params.bytes.len();
-        params.bytes.extend_from_slice(b"HTTP_");
-        params.bytes.extend(name_str.bytes().map(|b| {
-            if b == b'-' {
-                b'_'
-            } else {
-                b.to_ascii_uppercase()
+        let write_name = |out: &mut Vec<u8>| {
+            out.extend_from_slice(b"HTTP_");
+            out.extend(name_str.bytes().map(|b| {
+                if b == b'-' {
+                    b'_'
+                } else {
+                    b.to_ascii_uppercase()
+                }
+            }));
+        };
+        let write_value = |out: &mut Vec<u8>| {
+            out.extend_from_slice(value.as_bytes());
+            while let Some((_, more)) = values.next_if(|(next, _)| *next == name) {
+                out.extend_from_slice(separator);
+                out.extend_from_slice(more.as_bytes());
             }
-        }));
-        let value_start = params.bytes.len();
-        params.bytes.extend_from_slice(value.as_bytes());
-        while let Some((_, more)) = values.next_if(|(next, _)| *next == name) {
-            params.bytes.extend_from_slice(separator);
-            params.bytes.extend_from_slice(more.as_bytes());
-        }
-        params.spans.push((start, value_start, params.bytes.len()));
+        };
+        params.push_written(write_name, write_value);
     }
 }

@@ -431,6 +431,14 @@ where
     Ok(())
 }
 
+/// Appends the whole PARAMS stream from pairs already in FastCGI's encoding
+/// ([`super::Params::encoded`]): split into records (a pair may span two), then the empty
+/// record that ends the stream.
+pub fn encoded_params(buf: &mut BytesMut, request_id: u16, pairs: &[u8]) {
+    stream_records(buf, FCGI_PARAMS, request_id, pairs);
+    record(buf, FCGI_PARAMS, request_id, &[]);
+}
+
 /// The encoded size of one length in a name-value pair (1 or 4 bytes).
 fn pair_len(len: usize) -> Result<usize, RecordError> {
     match len {

@@ -435,7 +435,11 @@ fn addresses_ports_and_lengths_are_written_as_display_writes_them() {
             );
         }
         let mut encoded = bytes::BytesMut::new();
-        crate::fastcgi::record::params(&mut encoded, 1, params.iter()).expect("encodes");
+        let pairs = params.encoded().expect("encodable");
+        crate::fastcgi::record::encoded_params(&mut encoded, 1, pairs);
+        let mut from_pairs = bytes::BytesMut::new();
+        crate::fastcgi::record::params(&mut from_pairs, 1, params.iter()).expect("encodes");
+        assert_eq!(encoded, from_pairs, "the same records either way");
         assert!(
             encoded.len() <= params.encoded_len_max(),
             "{} > {}",
@@ -443,4 +447,45 @@ fn addresses_ports_and_lengths_are_written_as_display_writes_them() {
             params.encoded_len_max()
         );
     }
+}
+
+#[test]
+fn params_are_kept_in_the_encoding_they_are_sent_in() {
+    let mut params = Params::default();
+    params.push("SHORT", "v");
+    params.push("EMPTY", "");
+    params.push("VALUE_127", "x".repeat(127));
+    // From 128 bytes a length takes four bytes: the value's is widened after it is written.
+    params.push("VALUE_128", "y".repeat(128));
+    params.push("N".repeat(200).as_str(), "z");
+    params.push("AFTER", "w");
+    let mut expected = bytes::BytesMut::new();
+    for (name, value) in params.iter() {
+        crate::fastcgi::record::put_pair(&mut expected, name, value).expect("pair");
+    }
+    assert_eq!(params.encoded().expect("encodable"), &expected[..]);
+    assert_eq!(get(&params, "VALUE_128"), Some("y".repeat(128)));
+    assert_eq!(get(&params, &"N".repeat(200)), Some("z".to_string()));
+    assert_eq!(get(&params, "AFTER"), Some("w".to_string()));
+    assert_eq!(names(&params).len(), 6);
+
+    // Built values and HTTP_* fields are written in place too: a long PATH_TRANSLATED, a
+    // long field, a field joined from two.
+    let long_path = format!("/index.php/{}", "p".repeat(300));
+    let mut headers = HeaderMap::new();
+    headers.append(
+        "x-long",
+        HeaderValue::from_str(&"h".repeat(150)).expect("value"),
+    );
+    headers.append("cookie", HeaderValue::from_static("a=1"));
+    headers.append("cookie", HeaderValue::from_static("b=2"));
+    let built = build_for(&long_path, &headers).expect("params");
+    let mut expected = bytes::BytesMut::new();
+    for (name, value) in built.iter() {
+        crate::fastcgi::record::put_pair(&mut expected, name, value).expect("pair");
+    }
+    assert_eq!(built.encoded().expect("encodable"), &expected[..]);
+    assert!(get(&built, "PATH_TRANSLATED").is_some_and(|p| p.len() > 300));
+    assert_eq!(get(&built, "HTTP_X_LONG"), Some("h".repeat(150)));
+    assert_eq!(get(&built, "HTTP_COOKIE").as_deref(), Some("a=1; b=2"));
 }
