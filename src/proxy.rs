@@ -406,7 +406,10 @@ fn handle(
                 None => RequestBody::streaming(BoxBody::new(client_body)),
             };
 
-            // Rewrite the head for the upstream hop.
+            // Rewrite the head for the upstream hop. Room first for the fields added below
+            // (Via, X-Forwarded-For/-Proto/-Host, X-Request-Id): one growth of the map at
+            // most, instead of one per field that crosses its load limit.
+            parts.headers.reserve(5);
             headers::strip_hop_by_hop(
                 &mut parts.headers,
                 is_upgrade,

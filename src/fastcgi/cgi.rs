@@ -129,7 +129,9 @@ impl HeadParser {
 
 /// Parses the head's lines (the last one is the blank line).
 fn parse_head(head: &[u8]) -> Result<(StatusCode, HeaderMap), CgiError> {
-    let mut headers = HeaderMap::new();
+    // Room for a typical PHP head and the fields causeway adds, without growing the map (hyper
+    // also reuses a response's map for the connection's next request).
+    let mut headers = HeaderMap::with_capacity(16);
     let mut status = None;
     let lines = head
         .split(|&b| b == b'\n')
