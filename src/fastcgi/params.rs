@@ -473,13 +473,26 @@ fn decode_path(raw: &str) -> Result<Cow<'_, str>, ScriptPathError> {
     } else {
         Cow::Borrowed(raw)
     };
-    if decoded.contains('\\') {
-        return Err(ScriptPathError::Backslash);
+    // One pass: a backslash or a control byte anywhere, or a `..` segment (two dots with a
+    // `/` or an end on each side). The errors keep this order of precedence.
+    let bytes = decoded.as_bytes();
+    let mut dot_dot = false;
+    let mut control = false;
+    for (at, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\\' => return Err(ScriptPathError::Backslash),
+            b'.' if at > 0 && bytes[at - 1] == b'.' => {
+                let starts_segment = at == 1 || bytes[at - 2] == b'/';
+                let ends_segment = bytes.get(at + 1).is_none_or(|&next| next == b'/');
+                dot_dot |= starts_segment && ends_segment;
+            }
+            _ => control |= b.is_ascii_control(),
+        }
     }
-    if decoded.bytes().any(|b| b.is_ascii_control()) {
+    if control {
         return Err(ScriptPathError::ControlCharacter);
     }
-    if decoded.split('/').any(|segment| segment == "..") {
+    if dot_dot {
         return Err(ScriptPathError::DotDot);
     }
     Ok(decoded)
@@ -533,7 +546,10 @@ fn script_filename(root: &Path, name: &str) -> Result<PathBuf, ScriptPathError> 
     if !plain {
         return Err(ScriptPathError::RootEscape);
     }
-    Ok(root.join(relative))
+    let mut filename = PathBuf::with_capacity(root.as_os_str().len() + 1 + relative.len());
+    filename.push(root);
+    filename.push(relative);
+    Ok(filename)
 }
 
 /// nginx's `$server_protocol`.
@@ -593,13 +609,15 @@ fn push_headers(params: &mut Params, headers: &HeaderMap) {
         let separator: &[u8] = if *name == COOKIE { b"; " } else { b", " };
         let write_name = |out: &mut Vec<u8>| {
             out.extend_from_slice(b"HTTP_");
-            out.extend(name_str.bytes().map(|b| {
-                if b == b'-' {
+            let start = out.len();
+            out.extend_from_slice(name_str.as_bytes());
+            for b in &mut out[start..] {
+                *b = if *b == b'-' {
                     b'_'
                 } else {
                     b.to_ascii_uppercase()
-                }
-            }));
+                };
+            }
         };
         let write_value = |out: &mut Vec<u8>| {
             out.extend_from_slice(value.as_bytes());
