@@ -222,6 +222,7 @@ async fn unix_socket_listener_serves_clients() {
         head.contains("x-forwarded-for: unknown"),
         "a unix client has no IP: {head}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An HTTP/2 (prior knowledge) client connection to `addr`, its connection task running.

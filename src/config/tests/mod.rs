@@ -48,8 +48,25 @@ pub(super) fn valid(text: &str) -> Config {
     }
 }
 
-/// A fresh directory under the system temp dir, for tests that need real files.
-fn temp_dir() -> PathBuf {
+/// A fresh directory under the system temp dir, for tests that need real files; removed with
+/// its files when dropped.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir() -> TempDir {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
         "causeway-config-test-{}-{}",
@@ -57,7 +74,7 @@ fn temp_dir() -> PathBuf {
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).expect("temp dir is writable");
-    dir
+    TempDir(dir)
 }
 
 #[test]
@@ -437,7 +454,6 @@ fn files_resolve_against_the_config_directory_and_must_exist() {
     );
     assert_eq!(config.errors.pages.len(), 2);
     assert_eq!(config.upstreams[1].tls.ca, Some(dir.join("ca.pem")));
-    std::fs::remove_dir_all(&dir).expect("temp dir is removable");
 }
 
 #[test]
