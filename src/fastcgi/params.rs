@@ -19,16 +19,20 @@ use http::{HeaderMap, Method, StatusCode, Version};
 pub const SERVER_SOFTWARE: &str = concat!("causeway/", env!("CARGO_PKG_VERSION"));
 
 /// Headers that describe one hop and must not reach the application as HTTP_* (RFC 9110 §7.6.1),
-/// plus `proxy` (httpoxy, CVE-2016-5385: HTTP_PROXY is read as an outbound proxy).
-const NOT_FORWARDED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-connection",
-    "proxy",
-];
+/// plus `proxy` (httpoxy, CVE-2016-5385: HTTP_PROXY is read as an outbound proxy). A `match`
+/// rather than a list: it is asked for every field of every request.
+fn is_not_forwarded(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-connection"
+            | "proxy"
+    )
+}
 
 /// How one FastCGI upstream maps URIs to scripts (`fastcgi = { ... }` in the config).
 #[derive(Clone, Debug)]
@@ -595,7 +599,7 @@ fn push_headers(params: &mut Params, headers: &HeaderMap) {
         let skip = *name == HOST
             || *name == CONTENT_TYPE
             || *name == CONTENT_LENGTH
-            || NOT_FORWARDED.contains(&name_str)
+            || is_not_forwarded(name_str)
             || named_by_connection.iter().any(|n| n == name_str)
             // Only letters, digits and '-' (nginx's `ignore_invalid_headers`): `_` would make
             // `X_Forwarded_For` collide with `X-Forwarded-For` after mapping.
