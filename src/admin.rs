@@ -186,7 +186,7 @@ pub fn upstreams(state: &State) -> UpstreamsReport {
                         .map(|until| until.saturating_duration_since(now));
                     ServerStatus {
                         server: server.addr.to_string(),
-                        up: server.health.is_up(now),
+                        up: server.health.is_up(|| now),
                         down_for_ms: down_for.map(|d| d.as_millis() as u64),
                         consecutive_failures: health.fails,
                         last_cause: health.last_cause.map(|c| c.name()),

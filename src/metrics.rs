@@ -486,7 +486,7 @@ fn state_registry(state: &State) -> Registry {
                 server: Arc::from(server.addr.to_string()),
             };
             up.get_or_create(&labels)
-                .set(i64::from(server.health.is_up(now)));
+                .set(i64::from(server.health.is_up(|| now)));
             idle.get_or_create(&labels)
                 .set(gauge_value(server.pool.idle_count()));
             active

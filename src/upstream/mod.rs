@@ -240,8 +240,10 @@ impl Upstream {
     /// Picks a healthy server, skipping those in `tried` when another is available.
     /// Allocates nothing: it runs once per request.
     fn pick(&self, tried: &[ServerAddr]) -> Result<Arc<Server>, UpstreamError> {
-        let now = Instant::now();
-        let up = |s: &&Arc<Server>| s.health.is_up(now);
+        // Read once, and only if a server with recent failures needs it.
+        let now = std::cell::OnceCell::new();
+        let clock = || *now.get_or_init(Instant::now);
+        let up = |s: &&Arc<Server>| s.health.is_up(clock);
         let untried = |s: &&Arc<Server>| !tried.contains(&s.addr);
         let healthy = self.servers.iter().filter(up).count();
         if healthy == 0 {
@@ -252,7 +254,7 @@ impl Upstream {
                 .min()
                 .map(|until| {
                     // Rounded up: a client told "4" when 4.9 s remain would come back early.
-                    let left = until.saturating_duration_since(now);
+                    let left = until.saturating_duration_since(clock());
                     (left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1)
                 });
             let mut err = UpstreamError::new(
@@ -363,32 +365,31 @@ impl Upstream {
                 .await;
             }
             let is_upgrade = exchange::is_upgrade_request(&request);
+            // One clock read for the idle check and, on a pooled connection, the send time.
+            let now = Instant::now();
             let pooled = if is_upgrade || fresh {
                 None
             } else {
-                server.pool.checkout()
+                server.pool.checkout(now)
             };
-            let conn = match pooled {
-                Some(conn) => conn,
-                None => {
-                    let started = Instant::now();
-                    match Box::pin(self.connector.connect(&server.addr, is_upgrade)).await {
-                        Ok(conn) => {
-                            timings.connect = Some(started.elapsed());
-                            conn
-                        }
-                        Err(error) => {
-                            let error = error.at(&server.addr);
-                            return Err(exchange::Failed {
-                                error,
-                                request: Some(request),
-                            });
-                        }
+            let (conn, sent_at) = match pooled {
+                Some(conn) => (conn, now),
+                None => match Box::pin(self.connector.connect(&server.addr, is_upgrade)).await {
+                    Ok(conn) => {
+                        let connected = Instant::now();
+                        timings.connect = Some(connected - now);
+                        (conn, connected)
                     }
-                }
+                    Err(error) => {
+                        let error = error.at(&server.addr);
+                        return Err(exchange::Failed {
+                            error,
+                            request: Some(request),
+                        });
+                    }
+                },
             };
             let reuse = conn.reuse;
-            let sent_at = Instant::now();
             match exchange::send(
                 conn,
                 request,

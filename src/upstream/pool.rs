@@ -129,9 +129,8 @@ impl Pool {
         }
     }
 
-    /// Takes the most recently used idle connection that is still good, if any.
-    pub fn checkout(&self) -> Option<Conn> {
-        let now = Instant::now();
+    /// Takes the most recently used idle connection that is still good at `now`, if any.
+    pub fn checkout(&self, now: Instant) -> Option<Conn> {
         let mut idle = self.idle().lock().ok()?;
         while let Some(mut entry) = idle.pop() {
             if entry.expires <= now || !entry.conn.is_usable() {
