@@ -247,8 +247,8 @@ impl Params {
         }
     }
 
-    /// The pairs as byte slices, ready for [`super::record::params`].
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&[u8], &[u8])> + Clone {
+    /// The pairs as byte slices (names and values without their lengths).
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&[u8], &[u8])> {
         self.spans
             .iter()
             .map(|&(start, value, end)| (&self.bytes[start..value], &self.bytes[value..end]))

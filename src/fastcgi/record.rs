@@ -402,32 +402,14 @@ pub fn begin_request(buf: &mut BytesMut, request_id: u16, role: u16, keep_conn: 
 pub fn params<'a, I>(buf: &mut BytesMut, request_id: u16, pairs: I) -> Result<(), RecordError>
 where
     I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
-    I::IntoIter: Clone,
 {
     let pairs = pairs.into_iter();
-    let mut content_len = 0;
-    for (name, value) in pairs.clone() {
-        content_len += pair_len(name.len())? + pair_len(value.len())? + name.len() + value.len();
+    // About 32 bytes a pair: a typical request's PARAMS without growing the buffer twice.
+    let mut encoded = BytesMut::with_capacity(pairs.size_hint().0 * 32);
+    for (name, value) in pairs {
+        put_pair(&mut encoded, name, value)?;
     }
-    if content_len > CHUNK {
-        // Larger than one record: encoded first, then split (a pair may span two records).
-        let mut encoded = BytesMut::with_capacity(content_len);
-        for (name, value) in pairs {
-            put_pair(&mut encoded, name, value)?;
-        }
-        stream_records(buf, FCGI_PARAMS, request_id, &encoded);
-    } else if content_len > 0 {
-        // The usual case, a few hundred bytes: one record, the pairs written straight into
-        // it, with no staging buffer and no second copy.
-        let padding = padding_for(content_len);
-        buf.reserve(2 * FCGI_HEADER_LEN + content_len + padding);
-        put_header(buf, FCGI_PARAMS, request_id, content_len);
-        for (name, value) in pairs {
-            put_pair(buf, name, value)?;
-        }
-        buf.put_bytes(0, padding);
-    }
-    record(buf, FCGI_PARAMS, request_id, &[]);
+    encoded_params(buf, request_id, &encoded);
     Ok(())
 }
 
@@ -437,15 +419,6 @@ where
 pub fn encoded_params(buf: &mut BytesMut, request_id: u16, pairs: &[u8]) {
     stream_records(buf, FCGI_PARAMS, request_id, pairs);
     record(buf, FCGI_PARAMS, request_id, &[]);
-}
-
-/// The encoded size of one length in a name-value pair (1 or 4 bytes).
-fn pair_len(len: usize) -> Result<usize, RecordError> {
-    match len {
-        0..=0x7f => Ok(1),
-        0x80..=0x7fff_ffff => Ok(4),
-        _ => Err(RecordError::PairTooLong(len)),
-    }
 }
 
 /// Appends `data` as STDIN records. Empty `data` writes nothing; end the stream with
