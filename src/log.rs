@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::Notify;
+
 use crate::cause::Cause;
 use crate::config::{AccessFormat, AccessLogTarget};
 use crate::upstream::Attempt;
@@ -130,6 +132,10 @@ impl AccessLog {
                     // Allocated by the first line: a worker with the log off holds nothing.
                     batch.bytes.reserve(BATCH_MAX);
                 }
+                if batch.bytes.is_empty() {
+                    // The worker's flush timer runs only while lines wait (see `Batch::waiting`).
+                    batch.waiting.notify_one();
+                }
                 batch.bytes.extend_from_slice(line.as_bytes());
                 if batch.bytes.len() >= BATCH_MAX {
                     batch.flush();
@@ -170,6 +176,9 @@ thread_local! {
 struct Batch {
     sink: Option<Arc<Sink>>,
     bytes: Vec<u8>,
+    /// Signalled when lines start waiting in an empty batch: the worker then writes them
+    /// within a second even if it never goes idle, and an idle worker never wakes for it.
+    waiting: Arc<Notify>,
 }
 
 impl Batch {
@@ -186,16 +195,32 @@ impl Batch {
 /// Makes this thread batch its access-log lines instead of writing each: one `write` per
 /// line, under a lock shared by the workers, is a system call per request on top of the
 /// proxying (BENCHMARKS.md: under load, 1,415 writes carried 20,787 lines). A worker calls [`flush_batched`] whenever it is about to wait for events
-/// (its runtime's park hook), every second, and when it ends; a batch is also written once
-/// it holds 32 KiB. So a line reaches the log as soon as the worker is idle, and within a
-/// second under any load, like nginx's `access_log ... buffer= flush=1s` but on by itself.
-pub fn batch_this_thread() {
+/// (its runtime's park hook), a second after lines start waiting in an empty batch, and when
+/// it ends; a batch is also written once it holds 32 KiB. So a line reaches the log as soon
+/// as the worker is idle, and within a second under any load, like nginx's
+/// `access_log ... buffer= flush=1s` but on by itself; an idle worker has no timer to wake.
+/// Returns the signal that lines started waiting (see [`lines_waiting`]).
+pub fn batch_this_thread() -> LinesWaiting {
+    let waiting = Arc::new(Notify::new());
     BATCH.with(|batch| {
         *batch.borrow_mut() = Some(Batch {
             sink: None,
             bytes: Vec::new(),
+            waiting: waiting.clone(),
         });
     });
+    LinesWaiting(waiting)
+}
+
+/// A batching thread's signal that lines wait to be written, from [`batch_this_thread`].
+pub struct LinesWaiting(Arc<Notify>);
+
+impl LinesWaiting {
+    /// Resolves once lines have started waiting in the batch since the last time it
+    /// resolved (at once if they did in between).
+    pub async fn lines_waiting(&self) {
+        self.0.notified().await;
+    }
 }
 
 /// Writes the lines this thread has batched, if any.
@@ -700,6 +725,32 @@ mod tests {
             .expect("thread")
         };
         assert_eq!(batched, (1, 3), "held until the flush, then all written");
+        // The flush timer's signal: given by the first line into an empty batch only.
+        let signals = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                use futures_util::FutureExt as _;
+                let waiting = batch_this_thread();
+                let quiet = waiting.lines_waiting().now_or_never().is_some();
+                log.write(&record());
+                log.write(&record());
+                let first = waiting.lines_waiting().now_or_never().is_some();
+                let again = waiting.lines_waiting().now_or_never().is_some();
+                flush_batched();
+                let after_flush = waiting.lines_waiting().now_or_never().is_some();
+                log.write(&record());
+                let next = waiting.lines_waiting().now_or_never().is_some();
+                flush_batched();
+                (quiet, first, again, after_flush, next)
+            })
+            .join()
+            .expect("thread")
+        };
+        assert_eq!(
+            signals,
+            (false, true, false, false, true),
+            "signalled once per batch that starts filling, never when idle"
+        );
         assert!(
             read().lines().all(|l| l == record().to_json()),
             "whole lines"

@@ -24,7 +24,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::runtime::Handle;
-use tokio::time::MissedTickBehavior;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -131,17 +130,23 @@ impl WorkerThreads {
                 .name(format!("causeway-w{index}"))
                 .spawn(move || {
                     crate::upstream::pool::set_worker(index);
-                    crate::log::batch_this_thread();
+                    let waiting = crate::log::batch_this_thread();
                     // Serves every task spawned onto this runtime until stopped; dropping the
                     // runtime then cuts whatever connections are left.
                     runtime.block_on(async {
-                        // A worker that never runs out of work still writes its lines.
-                        let mut flush = tokio::time::interval(Duration::from_secs(1));
-                        flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                        // A worker that never runs out of work still writes its lines, a
+                        // second after they start waiting at most; an idle one (its lines
+                        // written by the park hook) never wakes for this.
                         loop {
                             tokio::select! {
                                 _ = stop.cancelled() => break,
-                                _ = flush.tick() => crate::log::flush_batched(),
+                                _ = waiting.lines_waiting() => {}
+                            }
+                            tokio::select! {
+                                _ = stop.cancelled() => break,
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                                    crate::log::flush_batched();
+                                }
                             }
                         }
                     });
