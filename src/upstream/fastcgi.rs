@@ -182,8 +182,8 @@ pub async fn attempt(
         }
     };
     timings.header = Some(sent_at.elapsed());
-    let (mut parts, body) = response.into_parts();
-    parts.extensions.insert(exchange.stderr().clone());
+    // The response carries the STDERR log already (`fastcgi::send` attaches it).
+    let (parts, body) = response.into_parts();
     let body = UpstreamBody::fastcgi(
         body,
         config.timeouts.read,
