@@ -168,3 +168,61 @@ async fn an_idle_connection_the_upstream_closed_is_dropped_not_reused() {
     assert!(attempt["cause"].is_null(), "{attempt}");
     assert_eq!(h.faults.connections_accepted(), 2);
 }
+
+/// An idle upstream connection past `pool.idle_timeout` is closed by the pool's sweeper even
+/// when no request comes to notice: the upstream sees the close soon after the timeout, not
+/// at its own keep-alive limit. Twice, the second time after the pool was empty a while.
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_idle_timeout_with_no_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream = listener.local_addr().expect("upstream address");
+    // One response per connection, then the time until the proxy closes it.
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                let answered = tokio::time::Instant::now();
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = closed_tx.send(answered.elapsed());
+            });
+        }
+    });
+    let proxy = start_proxy(&single(
+        &upstream.to_string(),
+        "pool = { idle_timeout = \"1s\" }",
+    ))
+    .await;
+    let addr = proxy.tcp_addr().expect("proxy listens on TCP");
+    for round in ["first", "after the pool was empty"] {
+        assert_ok(&get(addr, "/").await, round);
+        let closed_after = tokio::time::timeout(Duration::from_secs(6), closed.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{round}: idle connection still open after 6 s"))
+            .expect("the upstream task reports");
+        assert!(
+            closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(4),
+            "{round}: closed {closed_after:?} after the response, want about 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+}
