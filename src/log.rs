@@ -199,7 +199,8 @@ impl Batch {
 /// it ends; a batch is also written once it holds 32 KiB. So a line reaches the log as soon
 /// as the worker is idle, and within a second under any load, like nginx's
 /// `access_log ... buffer= flush=1s` but on by itself; an idle worker has no timer to wake.
-/// Returns the signal that lines started waiting (see [`lines_waiting`]).
+///
+/// Returns the signal that lines started waiting ([`LinesWaiting`]).
 pub fn batch_this_thread() -> LinesWaiting {
     let waiting = Arc::new(Notify::new());
     BATCH.with(|batch| {

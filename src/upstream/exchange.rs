@@ -3,7 +3,7 @@
 //! upgrades, HTTP/2).
 //!
 //! hyper reports *that* an exchange failed but not *where*: on its path this module records the
-//! two facts that decide the cause — whether the whole request was written ([`Progress`]) and
+//! two facts that decide the cause — whether the whole request was written (`Progress`) and
 //! whether any response byte arrived ([`IoStats`]) — and runs the `write` and `header` timeouts
 //! as a watchdog beside the exchange, so a slow body never trips the header timeout and vice
 //! versa. causeway's own client knows both facts as it goes and runs the same timeouts itself.
