@@ -893,8 +893,6 @@ pub struct ProxyBody {
     failed: Option<BodyAborted>,
 }
 
-// The relayed body is the common case; boxing it would cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
 enum Inner {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
