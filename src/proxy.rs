@@ -90,6 +90,9 @@ pub struct RequestContext {
     /// was read; the params are built from it rather than resolving the path again. Boxed:
     /// the context lives in every request's future, FastCGI or not.
     pub fastcgi_script: Option<Box<crate::fastcgi::params::Script>>,
+    /// Via, X-Forwarded-*/Forwarded and X-Request-Id for an HTTP upstream, written by the
+    /// client that sends the request (empty for FastCGI: they are in the map).
+    pub added: headers::AddedFields,
 }
 
 impl RequestContext {
@@ -406,17 +409,15 @@ fn handle(
                 None => RequestBody::streaming(BoxBody::new(client_body)),
             };
 
-            // Rewrite the head for the upstream hop. Room first for the fields added below
-            // (Via, X-Forwarded-For/-Proto/-Host, X-Request-Id): one growth of the map at
-            // most, instead of one per field that crosses its load limit.
-            parts.headers.reserve(5);
+            // Rewrite the head for the upstream hop.
             headers::strip_hop_by_hop(
                 &mut parts.headers,
                 is_upgrade,
                 upstream.config.protocol.is_http2(),
             );
-            headers::add_via(&mut parts.headers);
-            headers::add_forwarded(
+            // Built once, shared with the response's copy.
+            let request_id_value = HeaderValue::from_str(&request_id).ok();
+            let mut added = headers::AddedFields::for_hop(
                 &mut parts.headers,
                 server_config.forwarded,
                 &headers::ClientHop {
@@ -426,11 +427,13 @@ fn handle(
                     host: host.as_deref(),
                     trusted,
                 },
+                request_id_value.as_ref(),
             );
-            // Built once, shared with the response's copy.
-            let request_id_value = HeaderValue::from_str(&request_id).ok();
-            if let Some(value) = &request_id_value {
-                parts.headers.insert(&X_REQUEST_ID, value.clone());
+            if upstream.config.protocol == crate::config::Protocol::FastCgi {
+                // The params are built from the map. Room first: one growth at most.
+                parts.headers.reserve(6);
+                added.insert_into(&mut parts.headers);
+                added = headers::AddedFields::default();
             }
             // The authority causeway routed on is the one the upstream sees: an absolute-form target
             // (or HTTP/2 `:authority`) replaces Host (RFC 9112 §3.2.2), so the two cannot split.
@@ -451,6 +454,7 @@ fn handle(
                 client: client.clone(),
                 client_version,
                 fastcgi_script,
+                added,
             };
             let upstream_request = Request::from_parts(parts, body);
 

@@ -363,6 +363,9 @@ async fn cgi_environment_reaches_php() {
         reply.request_id(),
         "the request id reaches PHP: {info}"
     );
+    assert_eq!(info["HTTP_X_FORWARDED_FOR"], "127.0.0.1", "{info}");
+    assert_eq!(info["HTTP_X_FORWARDED_PROTO"], "http", "{info}");
+    assert_eq!(info["HTTP_VIA"], "1.1 causeway", "{info}");
     assert_eq!(info["_GET"]["a"], "1", "{info}");
     assert_eq!(info["_GET"]["b"], "two words", "{info}");
     assert_eq!(info["_COOKIE"]["c1"], "v1", "{info}");

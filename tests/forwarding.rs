@@ -115,6 +115,59 @@ async fn request_id_via_and_forwarded_for_are_added() {
     );
 }
 
+/// Via, X-Forwarded-For and X-Request-Id reach the upstream once each, after the client's own
+/// Via, on both ways causeway sends a request: its own HTTP/1.1 client (a buffered body) and
+/// hyper's (a streamed upload).
+#[tokio::test]
+async fn the_added_fields_reach_the_upstream_once_on_both_client_paths() {
+    let h = start(&single("{faults}", "")).await;
+    let buffered = Request::post("/headers")
+        .header("host", "t")
+        .header("via", "1.0 edge")
+        .header("x-request-id", "client-id.1")
+        .body(Full::new(Bytes::from_static(b"small")))
+        .expect("request");
+    let buffered = upstream_head(&h, buffered).await;
+
+    let chunks: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> =
+        vec![Ok(http_body::Frame::data(Bytes::from_static(b"streamed")))];
+    let stream = TcpStream::connect(h.addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let streamed = Request::post("/headers")
+        .header("host", "t")
+        .header("via", "1.0 edge")
+        .header("x-request-id", "client-id.1")
+        .body(StreamBody::new(futures_util::stream::iter(chunks)))
+        .expect("request");
+    let response = sender.send_request(streamed).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let streamed = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let streamed = String::from_utf8_lossy(&streamed).to_ascii_lowercase();
+
+    for (path, head) in [("buffered", &buffered), ("streamed", &streamed)] {
+        for field in ["x-request-id: ", "x-forwarded-for: ", "x-forwarded-proto: "] {
+            assert_eq!(head.matches(field).count(), 1, "{path}: {field}in {head}");
+        }
+        assert!(
+            head.contains("x-request-id: client-id.1\r\n"),
+            "{path}: {head}"
+        );
+        assert!(
+            head.contains("via: 1.0 edge\r\nvia: 1.1 causeway\r\n")
+                || head.contains("via: 1.0 edge, 1.1 causeway\r\n"),
+            "{path}: our Via follows the client's: {head}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_sane_client_request_id_is_kept_and_a_bad_one_replaced() {
     let h = start(&single("{faults}", "")).await;

@@ -214,6 +214,8 @@ pub fn upstream_hop(c: &mut Criterion) {
         ),
         client_version: http::Version::HTTP_11,
         fastcgi_script: None,
+        // The rewritten head above already holds Via, X-Forwarded-* and X-Request-Id.
+        added: Default::default(),
     };
     let mut group = c.benchmark_group("upstream_hop");
     group.bench_function("causeway_upstream_send", |b| {

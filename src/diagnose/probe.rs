@@ -342,6 +342,7 @@ async fn http_request(
     let response = exchange::send(
         conn,
         request,
+        &crate::headers::AddedFields::default(),
         config,
         server.clone(),
         Permit::unlimited(),

@@ -34,6 +34,7 @@ use super::{BoxError, Reuse, Sent, Server, UpstreamError};
 use crate::cause::Cause;
 use crate::classify;
 use crate::config::{self, Protocol};
+use crate::headers::AddedFields;
 use crate::proxy::ClientBodyError;
 
 /// The request body as it goes upstream: empty, buffered (replayable), or streamed from the
@@ -384,6 +385,7 @@ fn replay_of(request: &Request<RequestBody>) -> Option<Request<RequestBody>> {
 pub fn send<'a>(
     conn: Conn,
     request: Request<RequestBody>,
+    added: &'a AddedFields,
     config: &'a config::Upstream,
     server: Arc<Server>,
     permit: Permit,
@@ -393,9 +395,13 @@ pub fn send<'a>(
     // streamed uploads, HTTP/2, upgrades) is boxed so it does not size every request's future.
     let inline = matches!(conn.sender, Sender::Inline(_)) && request.body().buffered().is_some();
     if inline {
-        Either::Left(send_inline(conn, request, config, server, permit, fields))
+        Either::Left(send_inline(
+            conn, request, added, config, server, permit, fields,
+        ))
     } else {
-        Either::Right(Box::pin(send_hyper(conn, request, config, server, permit)))
+        Either::Right(Box::pin(send_hyper(
+            conn, request, added, config, server, permit,
+        )))
     }
 }
 
@@ -403,6 +409,7 @@ pub fn send<'a>(
 async fn send_hyper(
     conn: Conn,
     mut request: Request<RequestBody>,
+    added: &AddedFields,
     config: &config::Upstream,
     server: Arc<Server>,
     permit: Permit,
@@ -416,8 +423,10 @@ async fn send_hyper(
             })
         }
     };
-    // hyper consumes the request: keep a copy in case it fails after writing it.
+    // hyper consumes the request: keep a copy in case it fails after writing it. The copy is
+    // taken before the added fields go into the map, so a retry adds them once again, not twice.
     let replay = replay_of(&request);
+    added.insert_into(request.headers_mut());
     let progress = request.body_mut().progress();
     let read_before = conn.stats.read.load(Ordering::Relaxed);
     let written_before = conn.stats.written.load(Ordering::Relaxed);
@@ -606,14 +615,15 @@ fn header_timeout(timeouts: config::Timeouts) -> UpstreamError {
 /// copy for retries), the head read in this task, and the body decoded as the client reads
 /// it. Same timeouts and the same causes as the hyper path.
 #[allow(clippy::manual_async_fn)] // on purpose: see the comment in the body
-fn send_inline(
+fn send_inline<'a>(
     conn: Conn,
     request: Request<RequestBody>,
-    config: &config::Upstream,
+    added: &'a AddedFields,
+    config: &'a config::Upstream,
     server: Arc<Server>,
     permit: Permit,
     fields: HeadFields,
-) -> impl Future<Output = Result<Response<UpstreamBody>, Failed>> + Send + '_ {
+) -> impl Future<Output = Result<Response<UpstreamBody>, Failed>> + Send + 'a {
     // Not an `async fn`: those keep their arguments twice in their state (rustc moves
     // them into locals), and this future is copied into its caller's.
     async move {
@@ -640,7 +650,7 @@ fn send_inline(
             max_head: config.max_response_header,
             fields,
         };
-        let head = match super::http1::exchange(&mut transport, &request, limits).await {
+        let head = match super::http1::exchange(&mut transport, &request, added, limits).await {
             Ok(exchanged) => exchanged,
             Err(failed) => {
                 let sent = match failed.written {

@@ -29,6 +29,7 @@ use tokio::time::sleep;
 
 use super::connect::{Counted, IoStats, Stream, EARLY_ANSWER_WAIT};
 use super::exchange::{KeepAlive, RequestBody};
+use crate::headers::AddedFields;
 
 /// The most header fields a response head may carry (hyper's limit too).
 const MAX_HEADERS: usize = 100;
@@ -152,11 +153,12 @@ pub struct ExchangeFailed {
 pub async fn exchange(
     conn: &mut Http1Conn,
     request: &Request<RequestBody>,
+    added: &AddedFields,
     limits: Limits,
 ) -> Result<ResponseHead, ExchangeFailed> {
     let body = request.body().buffered().unwrap_or_default();
     let mut head = Vec::with_capacity(512 + body.len().min(INLINE_BODY));
-    encode_head(request, body.len(), &mut head);
+    encode_head(request, added, body.len(), &mut head);
     let is_head = request.method() == Method::HEAD;
     if let Err(failed) = write_request(&mut conn.io, &mut head, body, limits.write).await {
         return early_answer(conn, limits, is_head).await.ok_or(failed);
@@ -193,7 +195,12 @@ async fn early_answer(conn: &mut Http1Conn, limits: Limits, is_head: bool) -> Op
 /// The request line and header fields, as hyper's client writes them (lower-case names),
 /// with the framing of the buffered body: `Content-Length` when it has bytes, none when it
 /// has none unless the client sent one, never `Transfer-Encoding`.
-fn encode_head(request: &Request<RequestBody>, body_len: usize, out: &mut Vec<u8>) {
+fn encode_head(
+    request: &Request<RequestBody>,
+    added: &AddedFields,
+    body_len: usize,
+    out: &mut Vec<u8>,
+) {
     let path = request
         .uri()
         .path_and_query()
@@ -216,6 +223,7 @@ fn encode_head(request: &Request<RequestBody>, body_len: usize, out: &mut Vec<u8
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    added.write_lines(out);
     if body_len > 0 {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(crate::config::decimal(body_len as u64, &mut [0u8; 20]));
@@ -1027,6 +1035,7 @@ mod tests {
         let mut out = Vec::new();
         encode_head(
             &request,
+            &AddedFields::default(),
             request.body().buffered().map_or(0, <[u8]>::len),
             &mut out,
         );
@@ -1055,6 +1064,40 @@ mod tests {
             request("POST", &[("content-length", "0")], b""),
             b"POST /a?b=1 HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
             "an empty body keeps the client's Content-Length: 0"
+        );
+    }
+
+    #[test]
+    fn the_added_fields_follow_the_requests_own_and_precede_the_body_length() {
+        let request = Request::builder()
+            .method("POST")
+            .uri("/a")
+            .header("host", "app")
+            .header("via", "1.0 edge")
+            .body(RequestBody::full(Bytes::from_static(b"hi")))
+            .expect("test request");
+        let mut headers = request.headers().clone();
+        let hop = crate::headers::ClientHop {
+            peer: Some([127, 0, 0, 1].into()),
+            peer_text: &HeaderValue::from_static("127.0.0.1"),
+            proto: "http",
+            host: None,
+            trusted: false,
+        };
+        let id = HeaderValue::from_static("id-1");
+        let added = AddedFields::for_hop(
+            &mut headers,
+            crate::config::ForwardedMode::Xff,
+            &hop,
+            Some(&id),
+        );
+        let mut out = Vec::new();
+        encode_head(&request, &added, 2, &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "POST /a HTTP/1.1\r\nhost: app\r\nvia: 1.0 edge\r\nvia: 1.1 causeway\r\n\
+             x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-request-id: id-1\r\n\
+             content-length: 2\r\n\r\n"
         );
     }
 

@@ -393,6 +393,7 @@ impl Upstream {
             match exchange::send(
                 conn,
                 request,
+                &context.added,
                 &self.config,
                 server.clone(),
                 permit,
