@@ -14,7 +14,8 @@ use crate::config::{ForwardedMode, IpNet};
 /// The pseudonym in our `Via` entries; seeing it on an incoming request means a loop.
 pub const VIA_PSEUDONYM: &str = "causeway";
 
-const VIA_VALUE: &str = "1.1 causeway";
+/// Our `Via` entry (`1.1 causeway`) as a field line, as [`AddedFields`] writes it.
+const VIA_LINE: &[u8] = b"via: 1.1 causeway\r\n";
 
 /// Header name of the request id, sent upstream and back.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -200,7 +201,12 @@ pub fn is_valid_request_id(value: &[u8]) -> bool {
 /// The id for this request: the client's if sane and trusted, else a new UUID v7 (sortable).
 pub fn request_id(headers: &HeaderMap, trust: bool) -> String {
     if trust {
-        if let Some(value) = headers.get(&X_REQUEST_ID) {
+        // A walk over the fields, not `get`: a lookup hashes the name byte by byte (it is not
+        // one of `http`'s standard names), which costs more than comparing a few names.
+        let value = headers
+            .iter()
+            .find_map(|(name, value)| (name == X_REQUEST_ID).then_some(value));
+        if let Some(value) = value {
             if is_valid_request_id(value.as_bytes()) {
                 // Checked above: only ASCII bytes.
                 return String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -313,7 +319,7 @@ impl AddedFields {
             lines: Vec::with_capacity(192),
         };
         // Our Via entry goes after any the request carries (RFC 9110 §7.6.3).
-        added.push(&header::VIA, VIA_VALUE.as_bytes());
+        added.lines.extend_from_slice(VIA_LINE);
         let peer = hop.peer_text.to_str().unwrap_or("unknown");
         if matches!(mode, ForwardedMode::Xff | ForwardedMode::Both) {
             let previous = if arrived.x_forwarded_for {
@@ -323,18 +329,21 @@ impl AddedFields {
             };
             match previous.as_ref().and_then(|v| v.to_str().ok()) {
                 Some(previous) if !previous.trim().is_empty() => {
-                    added.push(&X_FORWARDED_FOR, format!("{previous}, {peer}").as_bytes());
+                    added.push(
+                        b"x-forwarded-for: ",
+                        format!("{previous}, {peer}").as_bytes(),
+                    );
                 }
-                _ => added.push(&X_FORWARDED_FOR, hop.peer_text.as_bytes()),
+                _ => added.push(b"x-forwarded-for: ", hop.peer_text.as_bytes()),
             }
             if !arrived.x_forwarded_proto {
-                added.push(&X_FORWARDED_PROTO, hop.proto.as_bytes());
+                added.push(b"x-forwarded-proto: ", hop.proto.as_bytes());
             }
             if let (Some(host), false) = (hop.host, arrived.x_forwarded_host) {
                 // The one value not taken from a field value: checked, left out if it could
                 // not be one (the URI and Host parsers do not let such a host through).
                 if is_field_value(host.as_bytes()) {
-                    added.push(&X_FORWARDED_HOST, host.as_bytes());
+                    added.push(b"x-forwarded-host: ", host.as_bytes());
                 }
             }
         } else {
@@ -368,21 +377,21 @@ impl AddedFields {
                 Some(previous) if !previous.trim().is_empty() => format!("{previous}, {element}"),
                 _ => element,
             };
-            added.push(&FORWARDED, value.as_bytes());
+            added.push(b"forwarded: ", value.as_bytes());
         } else if arrived.forwarded {
             headers.remove(&FORWARDED);
         }
         if let Some(id) = request_id {
-            added.push(&X_REQUEST_ID, id.as_bytes());
+            added.push(b"x-request-id: ", id.as_bytes());
         }
         added
     }
 
     /// Adds one line. `value` is a field value already: the bytes of a `HeaderValue`, a
     /// constant, text built from those, or checked with [`is_field_value`].
-    fn push(&mut self, name: &HeaderName, value: &[u8]) {
-        self.lines.extend_from_slice(name.as_str().as_bytes());
-        self.lines.extend_from_slice(b": ");
+    /// `name` is the field's lower-case name and ": ", written as one piece.
+    fn push(&mut self, name: &'static [u8], value: &[u8]) {
+        self.lines.extend_from_slice(name);
         self.lines.extend_from_slice(value);
         self.lines.extend_from_slice(b"\r\n");
     }
@@ -636,6 +645,11 @@ mod tests {
             host,
             trusted,
         }
+    }
+
+    #[test]
+    fn the_via_line_is_our_via_entry() {
+        assert_eq!(VIA_LINE, format!("via: 1.1 {VIA_PSEUDONYM}\r\n").as_bytes());
     }
 
     /// What the upstream request's map holds once the added fields are in it.
