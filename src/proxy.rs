@@ -241,10 +241,14 @@ fn handle(
                 started,
                 bytes_in: None,
             };
-            let accept = request.headers().get(header::ACCEPT).cloned();
+            let present = headers::RequestFields::of(request.headers());
+            let accept = present
+                .accept
+                .then(|| request.headers().get(header::ACCEPT).cloned())
+                .flatten();
             // RFC 9112 §3.2: exactly one Host in HTTP/1.1 (an absolute-form target may stand in for
             // it). Two Hosts, or none, would let causeway and the upstream disagree on the authority.
-            let hosts = request.headers().get_all(header::HOST).iter().count();
+            let hosts = present.hosts;
             let absolute = request.uri().authority().is_some();
             if hosts > 1 || (hosts == 0 && !absolute && request.version() == http::Version::HTTP_11)
             {
@@ -258,7 +262,7 @@ fn handle(
 
             // Loop (our own pseudonym already in Via), then the route: either refusal is
             // answered here with its cause, before any upstream is involved.
-            let routed = if headers::has_our_via(request.headers()) {
+            let routed = if present.via && headers::has_our_via(request.headers()) {
                 Err(UpstreamError::new(
                     Cause::LoopDetected,
                     "request already passed through causeway (Via names us): a proxy loop",
@@ -299,7 +303,11 @@ fn handle(
 
             // Declared body too large: refuse before reading any of it.
             let max_body = server_config.max_request_body;
-            if let Some(length) = content_length(&request) {
+            if let Some(length) = present
+                .content_length
+                .then(|| content_length(&request))
+                .flatten()
+            {
                 if length > max_body {
                     let error =
                         classify::client_body_error(&ClientBodyError::TooLarge { limit: max_body });
@@ -331,7 +339,7 @@ fn handle(
                 None => None,
             };
 
-            let is_upgrade = request.headers().contains_key(header::UPGRADE);
+            let is_upgrade = present.upgrade;
             let client_version = request.version();
             let (mut parts, incoming) = request.into_parts();
             let client_upgrade = if is_upgrade {
@@ -358,12 +366,16 @@ fn handle(
                 .config
                 .fastcgi
                 .as_ref()
-                .filter(|_| !bodyless && !parts.headers.contains_key(header::CONTENT_LENGTH))
+                .filter(|_| !bodyless && !present.content_length)
                 .map(|f| f.max_spool_body as usize);
             let buffer_limit = spool_limit.unwrap_or(upstream.config.retry.max_replay_body);
             let buffer_whole = spool_limit.is_some()
-                || replayable_length(&parts.headers, client_body.hint_exact(), buffer_limit)
-                    .is_some();
+                || replayable_length(
+                    present.content_length.then_some(&parts.headers),
+                    client_body.hint_exact(),
+                    buffer_limit,
+                )
+                .is_some();
             let body = match buffer_whole.then_some(()) {
                 Some(_) => match http_body_util::Limited::new(client_body, buffer_limit)
                     .collect()
@@ -437,7 +449,10 @@ fn handle(
             }
             // The authority causeway routed on is the one the upstream sees: an absolute-form target
             // (or HTTP/2 `:authority`) replaces Host (RFC 9112 §3.2.2), so the two cannot split.
-            if absolute || !parts.headers.contains_key(header::HOST) {
+            // (Host is gone only if it never came or `Connection` named it.)
+            let host_missing =
+                hosts == 0 || (present.connection && !parts.headers.contains_key(header::HOST));
+            if absolute || host_missing {
                 if let Some(host) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
                     parts.headers.insert(header::HOST, host);
                 }
@@ -587,10 +602,15 @@ fn content_length<B>(request: &Request<B>) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// A body small and known enough to buffer, so the request can be retried.
-fn replayable_length(headers: &http::HeaderMap, exact: Option<u64>, max: usize) -> Option<u64> {
+/// A body small and known enough to buffer, so the request can be retried. `headers` is `None`
+/// when the request carries no Content-Length (no lookup needed).
+fn replayable_length(
+    headers: Option<&http::HeaderMap>,
+    exact: Option<u64>,
+    max: usize,
+) -> Option<u64> {
     let length = headers
-        .get(header::CONTENT_LENGTH)
+        .and_then(|headers| headers.get(header::CONTENT_LENGTH))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .or(exact)?;
