@@ -93,6 +93,9 @@ pub struct RequestContext {
     /// Via, X-Forwarded-*/Forwarded and X-Request-Id for an HTTP upstream, written by the
     /// client that sends the request (empty for FastCGI: they are in the map).
     pub added: headers::AddedFields,
+    /// The client asked for a protocol switch (WebSocket, `Upgrade` kept on the request): the
+    /// attempt needs a connection of its own.
+    pub upgrade: bool,
 }
 
 impl RequestContext {
@@ -470,6 +473,7 @@ fn handle(
                 client_version,
                 fastcgi_script,
                 added,
+                upgrade: is_upgrade,
             };
             let upstream_request = Request::from_parts(parts, body);
 

@@ -216,6 +216,7 @@ pub fn upstream_hop(c: &mut Criterion) {
         fastcgi_script: None,
         // The rewritten head above already holds Via, X-Forwarded-* and X-Request-Id.
         added: Default::default(),
+        upgrade: false,
     };
     let mut group = c.benchmark_group("upstream_hop");
     group.bench_function("causeway_upstream_send", |b| {

@@ -355,11 +355,6 @@ pub async fn handshake(
     })
 }
 
-/// Whether the request asks for a protocol upgrade (WebSocket): it needs its own connection.
-pub fn is_upgrade_request<B>(request: &Request<B>) -> bool {
-    request.headers().contains_key(header::UPGRADE)
-}
-
 /// A failed exchange, with the request for another attempt when there can be one: handed
 /// back unwritten, borrowed by causeway's own client, or a copy of a replayable one.
 pub struct Failed {

@@ -364,7 +364,7 @@ impl Upstream {
                 ))
                 .await;
             }
-            let is_upgrade = exchange::is_upgrade_request(&request);
+            let is_upgrade = context.upgrade;
             // One clock read for the idle check and, on a pooled connection, the send time.
             let now = Instant::now();
             let pooled = if is_upgrade || fresh {
