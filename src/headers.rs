@@ -14,7 +14,8 @@ use crate::config::{ForwardedMode, IpNet};
 /// The pseudonym in our `Via` entries; seeing it on an incoming request means a loop.
 pub const VIA_PSEUDONYM: &str = "causeway";
 
-/// Our `Via` entry (`1.1 causeway`) as a field line, as [`AddedFields`] writes it.
+const VIA_VALUE: &str = "1.1 causeway";
+/// Our `Via` entry as a field line, as [`AddedFields`] writes it.
 const VIA_LINE: &[u8] = b"via: 1.1 causeway\r\n";
 
 /// Header name of the request id, sent upstream and back.
@@ -340,6 +341,7 @@ impl AddedFields {
         mode: ForwardedMode,
         hop: &ClientHop<'_>,
         request_id: Option<&HeaderValue>,
+        to: AddTo,
     ) -> AddedFields {
         // Which of the replaced fields arrived: one pass over the names, so a request without
         // any (the usual one) costs no lookups for them.
@@ -354,11 +356,20 @@ impl AddedFields {
             arrived.remove_from(headers);
             arrived = ForwardingFields::default();
         }
+        let to_map = to == AddTo::Map;
         let mut added = AddedFields {
-            lines: Vec::with_capacity(192),
+            lines: if to_map {
+                Vec::new()
+            } else {
+                Vec::with_capacity(192)
+            },
         };
         // Our Via entry goes after any the request carries (RFC 9110 §7.6.3).
-        added.lines.extend_from_slice(VIA_LINE);
+        if to_map {
+            headers.append(header::VIA, HeaderValue::from_static(VIA_VALUE));
+        } else {
+            added.lines.extend_from_slice(VIA_LINE);
+        }
         let peer = hop.peer_text.to_str().unwrap_or("unknown");
         if matches!(mode, ForwardedMode::Xff | ForwardedMode::Both) {
             let previous = if arrived.x_forwarded_for {
@@ -368,21 +379,19 @@ impl AddedFields {
             };
             match previous.as_ref().and_then(|v| v.to_str().ok()) {
                 Some(previous) if !previous.trim().is_empty() => {
-                    added.push(
-                        b"x-forwarded-for: ",
-                        format!("{previous}, {peer}").as_bytes(),
-                    );
+                    let joined = format!("{previous}, {peer}");
+                    added.push(to_map, headers, &XFF, Value::Text(joined.as_bytes()));
                 }
-                _ => added.push(b"x-forwarded-for: ", hop.peer_text.as_bytes()),
+                _ => added.push(to_map, headers, &XFF, Value::Field(hop.peer_text)),
             }
             if !arrived.x_forwarded_proto {
-                added.push(b"x-forwarded-proto: ", hop.proto.as_bytes());
+                added.push(to_map, headers, &XFP, Value::Static(hop.proto));
             }
             if let (Some(host), false) = (hop.host, arrived.x_forwarded_host) {
                 // The one value not taken from a field value: checked, left out if it could
                 // not be one (the URI and Host parsers do not let such a host through).
                 if is_field_value(host.as_bytes()) {
-                    added.push(b"x-forwarded-host: ", host.as_bytes());
+                    added.push(to_map, headers, &XFH, Value::Text(host.as_bytes()));
                 }
             }
         } else {
@@ -416,23 +425,38 @@ impl AddedFields {
                 Some(previous) if !previous.trim().is_empty() => format!("{previous}, {element}"),
                 _ => element,
             };
-            added.push(b"forwarded: ", value.as_bytes());
+            added.push(to_map, headers, &FWD, Value::Text(value.as_bytes()));
         } else if arrived.forwarded {
             headers.remove(&FORWARDED);
         }
         if let Some(id) = request_id {
-            added.push(b"x-request-id: ", id.as_bytes());
+            added.push(to_map, headers, &XRID, Value::Field(id));
         }
         added
     }
 
-    /// Adds one line. `value` is a field value already: the bytes of a `HeaderValue`, a
-    /// constant, text built from those, or checked with [`is_field_value`].
-    /// `name` is the field's lower-case name and ": ", written as one piece.
-    fn push(&mut self, name: &'static [u8], value: &[u8]) {
-        self.lines.extend_from_slice(name);
-        self.lines.extend_from_slice(value);
-        self.lines.extend_from_slice(b"\r\n");
+    /// Adds one field: a line, or (`to_map`) an entry of `headers` in place of any of that name.
+    fn push(&mut self, to_map: bool, headers: &mut HeaderMap, field: &Added, value: Value<'_>) {
+        if to_map {
+            let value = match value {
+                Value::Field(value) => value.clone(),
+                Value::Static(text) => HeaderValue::from_static(text),
+                Value::Text(text) => match HeaderValue::from_bytes(text) {
+                    Ok(value) => value,
+                    Err(_) => return,
+                },
+            };
+            headers.insert(field.name, value);
+        } else {
+            let value = match value {
+                Value::Field(value) => value.as_bytes(),
+                Value::Static(text) => text.as_bytes(),
+                Value::Text(text) => text,
+            };
+            self.lines.extend_from_slice(field.prefix);
+            self.lines.extend_from_slice(value);
+            self.lines.extend_from_slice(b"\r\n");
+        }
     }
 
     /// The fields as (name, value), in the order they are written.
@@ -467,6 +491,53 @@ impl AddedFields {
             }
         }
     }
+}
+
+/// Where [`AddedFields::for_hop`] puts the fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddTo {
+    /// Field lines kept beside the map, for causeway's own HTTP/1.1 client.
+    Lines,
+    /// The request's map, for a path that builds its message from it (FastCGI's params):
+    /// inserting them directly is cheaper than rendering lines and parsing them back.
+    Map,
+}
+
+/// One field causeway adds: its name for a map, and its lower-case name and ": " as the start
+/// of its line.
+struct Added {
+    name: &'static HeaderName,
+    prefix: &'static [u8],
+}
+
+static XFF: Added = Added {
+    name: &X_FORWARDED_FOR,
+    prefix: b"x-forwarded-for: ",
+};
+static XFP: Added = Added {
+    name: &X_FORWARDED_PROTO,
+    prefix: b"x-forwarded-proto: ",
+};
+static XFH: Added = Added {
+    name: &X_FORWARDED_HOST,
+    prefix: b"x-forwarded-host: ",
+};
+static FWD: Added = Added {
+    name: &FORWARDED,
+    prefix: b"forwarded: ",
+};
+static XRID: Added = Added {
+    name: &X_REQUEST_ID,
+    prefix: b"x-request-id: ",
+};
+
+/// A value for [`AddedFields::push`]: a field value already, or text that is one (the bytes of
+/// field values joined, or checked with [`is_field_value`]).
+enum Value<'a> {
+    Field(&'a HeaderValue),
+    /// A constant field value (`http`, `https`).
+    Static(&'static str),
+    Text(&'a [u8]),
 }
 
 /// What `HeaderValue` accepts: HTAB, SP, visible ASCII and obs-text; no other control byte.
@@ -722,12 +793,13 @@ mod tests {
 
     #[test]
     fn the_via_line_is_our_via_entry() {
-        assert_eq!(VIA_LINE, format!("via: 1.1 {VIA_PSEUDONYM}\r\n").as_bytes());
+        assert_eq!(VIA_LINE, format!("via: {VIA_VALUE}\r\n").as_bytes());
+        assert_eq!(VIA_VALUE, format!("1.1 {VIA_PSEUDONYM}"));
     }
 
     /// What the upstream request's map holds once the added fields are in it.
     fn forward(headers: &mut HeaderMap, mode: ForwardedMode, hop: &ClientHop<'_>) {
-        AddedFields::for_hop(headers, mode, hop, None).insert_into(headers);
+        AddedFields::for_hop(headers, mode, hop, None, AddTo::Map);
     }
 
     #[test]
@@ -739,7 +811,13 @@ mod tests {
         ]);
         let hop = hop("127.0.0.1", "http", Some("a.example"), false);
         let id = HeaderValue::from_static("id-1");
-        let added = AddedFields::for_hop(&mut headers, ForwardedMode::Xff, &hop, Some(&id));
+        let added = AddedFields::for_hop(
+            &mut headers,
+            ForwardedMode::Xff,
+            &hop,
+            Some(&id),
+            AddTo::Lines,
+        );
         assert!(
             !headers.contains_key("x-request-id"),
             "the client's id must not pass on beside ours"
@@ -768,13 +846,62 @@ mod tests {
             Some("a.example\r\nx-injected: 1"),
             false,
         );
-        let added = AddedFields::for_hop(&mut headers, ForwardedMode::Xff, &hop, None);
+        let added =
+            AddedFields::for_hop(&mut headers, ForwardedMode::Xff, &hop, None, AddTo::Lines);
         let mut lines = Vec::new();
         added.write_lines(&mut lines);
         let lines = String::from_utf8_lossy(&lines);
         assert!(!lines.contains("x-forwarded-host"), "{lines}");
         assert!(!lines.contains("x-injected"), "{lines}");
         assert!(lines.contains("x-forwarded-for: 127.0.0.1\r\n"), "{lines}");
+    }
+
+    /// The map's fields as sorted (name, values) for comparing two maps.
+    fn fields_of(headers: &HeaderMap) -> Vec<(String, Vec<String>)> {
+        let mut fields: Vec<(String, Vec<String>)> = headers
+            .keys()
+            .map(|name| {
+                let values = headers.get_all(name).iter();
+                let values = values.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                (name.to_string(), values.collect())
+            })
+            .collect();
+        fields.sort();
+        fields
+    }
+
+    #[test]
+    fn lines_put_in_a_map_equal_the_fields_added_to_the_map() {
+        let incoming = [
+            ("via", "1.0 edge"),
+            ("x-request-id", "from-client"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=203.0.113.9"),
+            ("x-kept", "yes"),
+        ];
+        let id = HeaderValue::from_static("id-1");
+        for trusted in [false, true] {
+            for mode in [
+                ForwardedMode::Xff,
+                ForwardedMode::Rfc7239,
+                ForwardedMode::Both,
+                ForwardedMode::None,
+            ] {
+                let hop = hop("::1", "https", Some("a.example"), trusted);
+                let mut direct = map(&incoming);
+                AddedFields::for_hop(&mut direct, mode, &hop, Some(&id), AddTo::Map);
+                let mut via_lines = map(&incoming);
+                let added =
+                    AddedFields::for_hop(&mut via_lines, mode, &hop, Some(&id), AddTo::Lines);
+                added.insert_into(&mut via_lines);
+                assert_eq!(
+                    fields_of(&direct),
+                    fields_of(&via_lines),
+                    "{mode:?}, trusted {trusted}"
+                );
+            }
+        }
     }
 
     #[test]

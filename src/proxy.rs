@@ -432,7 +432,12 @@ fn handle(
             );
             // Built once, shared with the response's copy.
             let request_id_value = HeaderValue::from_str(&request_id).ok();
-            let mut added = headers::AddedFields::for_hop(
+            let fastcgi = upstream.config.protocol == crate::config::Protocol::FastCgi;
+            if fastcgi {
+                // Its params are built from the map: room first for the added fields.
+                parts.headers.reserve(6);
+            }
+            let added = headers::AddedFields::for_hop(
                 &mut parts.headers,
                 server_config.forwarded,
                 &headers::ClientHop {
@@ -443,13 +448,12 @@ fn handle(
                     trusted,
                 },
                 request_id_value.as_ref(),
+                if fastcgi {
+                    headers::AddTo::Map
+                } else {
+                    headers::AddTo::Lines
+                },
             );
-            if upstream.config.protocol == crate::config::Protocol::FastCgi {
-                // The params are built from the map. Room first: one growth at most.
-                parts.headers.reserve(6);
-                added.insert_into(&mut parts.headers);
-                added = headers::AddedFields::default();
-            }
             // The authority causeway routed on is the one the upstream sees: an absolute-form target
             // (or HTTP/2 `:authority`) replaces Host (RFC 9112 §3.2.2), so the two cannot split.
             // (Host is gone only if it never came or `Connection` named it.)

@@ -13,7 +13,7 @@ use causeway::config::{self, Expose, ForwardedMode, ServerAddr};
 use causeway::fastcgi::params::{self, FastCgiSettings, RequestMeta};
 use causeway::fastcgi::record::{self, Decoder, Record};
 use causeway::fastcgi::{FastCgiError, HeadParser, RecordError};
-use causeway::headers::{self, AddedFields, ClientHop, X_REQUEST_ID};
+use causeway::headers::{self, AddTo, AddedFields, ClientHop, X_REQUEST_ID};
 use causeway::respond::{self, ErrorContext};
 use causeway::route::Table;
 use causeway::upstream::{Reuse, Sent, UpstreamError};
@@ -98,7 +98,13 @@ fn rewrite_request(headers: &mut HeaderMap, hop: &ClientHop<'_>) -> (String, Vec
     );
     headers::strip_hop_by_hop(headers, false, false);
     let value = HeaderValue::from_str(&request_id).ok();
-    let added = AddedFields::for_hop(headers, ForwardedMode::Xff, hop, value.as_ref());
+    let added = AddedFields::for_hop(
+        headers,
+        ForwardedMode::Xff,
+        hop,
+        value.as_ref(),
+        AddTo::Lines,
+    );
     let mut lines = Vec::with_capacity(256);
     added.write_lines(&mut lines);
     (request_id, lines)
@@ -158,10 +164,22 @@ pub fn headers(c: &mut Criterion) {
         b.iter(|| headers::request_id(black_box(&with_id), true))
     });
     batched(&mut group, "added_fields_xff", &request, |h| {
-        black_box(AddedFields::for_hop(h, ForwardedMode::Xff, &hop, None));
+        black_box(AddedFields::for_hop(
+            h,
+            ForwardedMode::Xff,
+            &hop,
+            None,
+            AddTo::Lines,
+        ));
     });
     batched(&mut group, "added_fields_both", &request, |h| {
-        black_box(AddedFields::for_hop(h, ForwardedMode::Both, &hop, None));
+        black_box(AddedFields::for_hop(
+            h,
+            ForwardedMode::Both,
+            &hop,
+            None,
+            AddTo::Lines,
+        ));
     });
     batched(&mut group, "request_rewrite", &request, |h| {
         black_box(rewrite_request(h, &hop));

@@ -1090,6 +1090,7 @@ mod tests {
             crate::config::ForwardedMode::Xff,
             &hop,
             Some(&id),
+            crate::headers::AddTo::Lines,
         );
         let mut out = Vec::new();
         encode_head(&request, &added, 2, &mut out);
