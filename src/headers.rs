@@ -510,26 +510,17 @@ struct Added {
     prefix: &'static [u8],
 }
 
-static XFF: Added = Added {
-    name: &X_FORWARDED_FOR,
-    prefix: b"x-forwarded-for: ",
-};
-static XFP: Added = Added {
-    name: &X_FORWARDED_PROTO,
-    prefix: b"x-forwarded-proto: ",
-};
-static XFH: Added = Added {
-    name: &X_FORWARDED_HOST,
-    prefix: b"x-forwarded-host: ",
-};
-static FWD: Added = Added {
-    name: &FORWARDED,
-    prefix: b"forwarded: ",
-};
-static XRID: Added = Added {
-    name: &X_REQUEST_ID,
-    prefix: b"x-request-id: ",
-};
+impl Added {
+    const fn new(name: &'static HeaderName, prefix: &'static [u8]) -> Added {
+        Added { name, prefix }
+    }
+}
+
+static XFF: Added = Added::new(&X_FORWARDED_FOR, b"x-forwarded-for: ");
+static XFP: Added = Added::new(&X_FORWARDED_PROTO, b"x-forwarded-proto: ");
+static XFH: Added = Added::new(&X_FORWARDED_HOST, b"x-forwarded-host: ");
+static FWD: Added = Added::new(&FORWARDED, b"forwarded: ");
+static XRID: Added = Added::new(&X_REQUEST_ID, b"x-request-id: ");
 
 /// A value for [`AddedFields::push`]: a field value already, or text that is one (the bytes of
 /// field values joined, or checked with [`is_field_value`]).
@@ -789,6 +780,13 @@ mod tests {
                 ..RequestFields::default()
             }
         );
+    }
+
+    #[test]
+    fn each_added_fields_prefix_is_its_name() {
+        for field in [&XFF, &XFP, &XFH, &FWD, &XRID] {
+            assert_eq!(field.prefix, format!("{}: ", field.name).as_bytes());
+        }
     }
 
     #[test]
